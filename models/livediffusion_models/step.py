@@ -1,0 +1,98 @@
+"""The whole per-frame img2img step as one torch module: the single source of truth.
+
+Every backend runs this module: the torch backend eagerly (and, later, compiled or captured
+in one CUDA graph), the Core ML backend by converting it with ``torch.export``. So every value
+that may change from one frame to the next is an input tensor, never a Python constant: a new
+prompt, strength or seed is a buffer update, not a re-trace.
+
+One frame, top to bottom::
+
+    latents  = TAESD.encode(image)
+    clean    = lerp(latents, previous x0, feedback)          # latent feedback
+    noisy    = sqrt(a_t) * clean + sqrt(1 - a_t) * noise     # fixed noise per seed
+    eps      = UNet(noisy, t, prompt embedding)
+    x0       = (noisy - sqrt(1 - a_t) * eps) / sqrt(a_t)     # one step straight to x0
+    decoded  = TAESD.decode(x0)
+    smoothed = lerp(decoded, previous output, smoothing)    # EMA on the output
+    output   = lerp(smoothed, image, blend)                 # optional blend with the input
+
+With feedback, smoothing and blend at 0 this is exactly diffusers' img2img with one Euler step
+(``strength=1`` -> ``t=999``) and no guidance: Euler's scaled input ``(x + sigma * n) /
+sqrt(sigma^2 + 1)`` equals ``sqrt(a_t) * x + sqrt(1 - a_t) * n``, and its one step lands on x0.
+
+Two of the inputs glide: the prompt embedding is ``lerp(embeds_from, embeds_to, prompt_mix)``,
+and the noise is ``cos * noise_from + sin * noise_to`` (variance stays 1 while the seed changes),
+so neither a new prompt nor a new seed ever produces a jump.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = ["Control", "FrameStep"]
+
+
+class Control(IntEnum):
+    """Positions in the ``controls`` vector: the per-frame scalars, uploaded in one copy."""
+
+    TIMESTEP = 0
+    SQRT_ALPHA = 1
+    SQRT_ONE_MINUS_ALPHA = 2
+    FEEDBACK = 3
+    SMOOTHING = 4
+    BLEND = 5
+    PROMPT_MIX = 6
+    NOISE_FROM = 7  # cos of the seed glide angle
+    NOISE_TO = 8  # sin of the seed glide angle
+
+
+NUM_CONTROLS = len(Control)
+
+
+def _lerp(start: torch.Tensor, end: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    # Explicit arithmetic: torch.lerp wants weight in the tensors' dtype; ours stays float32.
+    return start + (end - start) * weight
+
+
+class FrameStep(nn.Module):
+    """UNet + TAESD (AutoencoderTiny) for one frame; see the module docstring for the math."""
+
+    def __init__(self, unet: Any, vae: Any) -> None:
+        super().__init__()
+        self.unet = unet
+        self.vae = vae
+        self.scaling_factor = float(vae.config.scaling_factor)
+
+    def forward(
+        self,
+        image: torch.Tensor,
+        noise_from: torch.Tensor,
+        noise_to: torch.Tensor,
+        embeds_from: torch.Tensor,
+        embeds_to: torch.Tensor,
+        previous_x0: torch.Tensor,
+        previous_output: torch.Tensor,
+        controls: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Returns ``(output, x0, smoothed)``: show ``output``, feed back the other two."""
+        timestep = controls[Control.TIMESTEP]
+        sqrt_alpha = controls[Control.SQRT_ALPHA]
+        sqrt_one_minus_alpha = controls[Control.SQRT_ONE_MINUS_ALPHA]
+
+        embeds = _lerp(embeds_from, embeds_to, controls[Control.PROMPT_MIX])
+        noise = noise_from * controls[Control.NOISE_FROM] + noise_to * controls[Control.NOISE_TO]
+
+        latents = self.vae.encode(image).latents * self.scaling_factor
+        clean = _lerp(latents, previous_x0, controls[Control.FEEDBACK])
+        noisy = sqrt_alpha * clean + sqrt_one_minus_alpha * noise
+        eps = self.unet(noisy, timestep, encoder_hidden_states=embeds, return_dict=False)[0]
+        x0 = (noisy - sqrt_one_minus_alpha * eps) / sqrt_alpha
+
+        decoded = self.vae.decode(x0 / self.scaling_factor).sample.clamp(-1.0, 1.0)
+        smoothed = _lerp(decoded, previous_output, controls[Control.SMOOTHING])
+        output = _lerp(smoothed, image, controls[Control.BLEND])
+        return output, x0, smoothed

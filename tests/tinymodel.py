@@ -1,0 +1,111 @@
+"""Tiny models of the real classes, so the whole pipeline runs on a CPU in seconds.
+
+Same diffusers/transformers classes as SDXS-512 (UNet2DConditionModel without a mid block,
+AutoencoderTiny, CLIPTextModel with the real 49408-token vocabulary), only narrower and
+shallower. ``save_tiny_folder`` writes them as a diffusers folder, so tests exercise the
+same local-folder loading path a user's real weights take.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+TINY_SIZE = 64  # pixels; latents are 8x8
+TINY_EMBED_DIM = 32
+
+
+@dataclass
+class TinyModules:
+    unet: Any
+    vae: Any
+    text_encoder: Any
+
+
+def make_tiny_modules(seed: int = 0) -> TinyModules:
+    from diffusers import AutoencoderTiny, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        sample_size=TINY_SIZE // 8,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        mid_block_type=None,
+        cross_attention_dim=TINY_EMBED_DIM,
+        attention_head_dim=8,
+        norm_num_groups=8,
+    )
+    vae = AutoencoderTiny(
+        encoder_block_out_channels=(8, 8, 8, 8),
+        decoder_block_out_channels=(8, 8, 8, 8),
+        num_encoder_blocks=(1, 1, 1, 1),
+        num_decoder_blocks=(1, 1, 1, 1),
+        latent_channels=4,
+    )
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=49408,
+            hidden_size=TINY_EMBED_DIM,
+            intermediate_size=37,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            max_position_embeddings=77,
+            projection_dim=TINY_EMBED_DIM,
+        )
+    )
+    for module in (unet, vae, text_encoder):
+        module.eval()
+    return TinyModules(unet=unet, vae=vae, text_encoder=text_encoder)
+
+
+def save_tiny_folder(
+    path: str | Path,
+    *,
+    seed: int = 0,
+    pad_token: str = "!",
+    variant: str | None = None,
+) -> Path:
+    """Write ``make_tiny_modules(seed)`` as a diffusers folder and return it.
+
+    Same layout as a hub snapshot (unet/, vae/, text_encoder/, tokenizer/, scheduler/,
+    model_index.json), so loading it goes through the real local-folder path. ``variant``
+    only names the files (e.g. ``*.fp16.safetensors``, weights stay float32): it exercises the
+    loader's variant detection without changing outputs.
+    """
+    import json
+
+    from livediffusion_models.registry import get_model
+    from livediffusion_models.tokenizer import build_offline_tokenizer
+
+    root = Path(path)
+    root.mkdir(parents=True, exist_ok=True)
+    modules = make_tiny_modules(seed)
+    modules.unet.save_pretrained(root / "unet", variant=variant)
+    modules.vae.save_pretrained(root / "vae", variant=variant)
+    modules.text_encoder.save_pretrained(root / "text_encoder", variant=variant)
+    build_offline_tokenizer(pad_token=pad_token).save_pretrained(root / "tokenizer")
+    scheduler = get_model("sdxs-512-0.9").read_config("scheduler")
+    (root / "scheduler").mkdir(exist_ok=True)
+    (root / "scheduler" / "scheduler_config.json").write_text(json.dumps(scheduler, indent=2))
+    model_index = {
+        "_class_name": "StableDiffusionPipeline",
+        "_diffusers_version": scheduler.get("_diffusers_version", "0.42.1"),
+        "unet": ["diffusers", "UNet2DConditionModel"],
+        "vae": ["diffusers", "AutoencoderTiny"],
+        "text_encoder": ["transformers", "CLIPTextModel"],
+        "tokenizer": ["transformers", "CLIPTokenizer"],
+        "scheduler": ["diffusers", scheduler["_class_name"]],
+        "safety_checker": [None, None],
+        "feature_extractor": [None, None],
+        "requires_safety_checker": False,
+    }
+    (root / "model_index.json").write_text(json.dumps(model_index, indent=2))
+    return root
