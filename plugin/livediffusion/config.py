@@ -1,0 +1,71 @@
+"""Everything ``livediffusion serve`` is started with, as one frozen value.
+
+Defaults differ per platform only where the host apps differ: on macOS frames travel over
+Syphon (TouchDesigner, Resolume, VDMX, MadMapper speak it natively), elsewhere over NDI.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from dataclasses import dataclass, field
+
+from livediffusion.controls import Controls
+
+__all__ = ["ServeConfig", "default_sink", "default_source", "parse_size"]
+
+SERVICE_NAME = "livediffusion"
+
+
+def default_source(platform: str = sys.platform) -> str:
+    """The first Syphon server on macOS, else the first NDI source on the network."""
+    return "syphon://" if platform == "darwin" else "ndi://"
+
+
+def default_sink(platform: str = sys.platform) -> str:
+    return f"syphon://{SERVICE_NAME}" if platform == "darwin" else f"ndi://{SERVICE_NAME}"
+
+
+_SIZE = re.compile(r"^\s*(\d+)\s*(?:[xX]\s*(\d+))?\s*$")
+
+
+def parse_size(text: str, *, multiple_of: int = 1) -> tuple[int, int]:
+    """``"512"`` or ``"WIDTHxHEIGHT"`` -> ``(height, width)``, the order tensors use."""
+    match = _SIZE.match(text)
+    if not match:
+        raise ValueError(f"size must be N or WIDTHxHEIGHT, got {text!r}")
+    width = int(match.group(1))
+    height = int(match.group(2) or width)
+    if width < 1 or height < 1 or width > 8192 or height > 8192:
+        raise ValueError(f"size {width}x{height} is out of range (1..8192)")
+    if width % multiple_of or height % multiple_of:
+        raise ValueError(f"size {width}x{height} must be a multiple of {multiple_of}")
+    return height, width
+
+
+@dataclass(frozen=True, slots=True)
+class ServeConfig:
+    source: str = ""
+    sink: str = ""
+    model: str = "sdxs-512-0.9"
+    weights: str | None = None  # None: the model's hub id
+    backend: str = "torch"
+    device: str = "auto"
+    dtype: str = "auto"
+    size: tuple[int, int] | None = None  # (height, width); None: the model's own
+    fit: str = "crop"
+    output_size: tuple[int, int] | None = None
+    osc_host: str = "127.0.0.1"
+    osc_port: int = 9000
+    controls: Controls = field(default_factory=Controls)
+    prompt_glide: float = 0.5
+    seed_glide: float = 0.5
+    cache_dir: str | None = None
+    status_interval: float = 1.0
+    duration: float | None = None  # stop by itself after this many seconds (demos, soak)
+
+    def resolved_source(self) -> str:
+        return self.source or default_source()
+
+    def resolved_sink(self) -> str:
+        return self.sink or default_sink()

@@ -1,0 +1,220 @@
+"""Three threads joined by latest-frame slots: capture -> inference -> publish.
+
+::
+
+    source --capture--> [input slot] --inference--> [output slot] --publish--> sink
+
+Each slot holds one frame; a frame that is replaced before it was taken is dropped and
+counted. So a model slower than the source never builds a queue, and latency stays one
+frame's work plus at most one frame's wait. Controls never travel through the frame threads:
+the inference thread reads one :class:`Controls` snapshot per frame.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import TracebackType
+
+import numpy as np
+import numpy.typing as npt
+
+from livediffusion.controls import Controls, ControlStore
+from livediffusion.glide import Glide
+from livediffusion.prompts import PromptEncoder
+from livediffusion.slots import BufferPool, LatestSlot
+from livediffusion.status import Stats
+from livediffusion_bridge import Frame, FrameSink, FrameSource
+from livediffusion_models.backends import Backend, FrameParams
+
+__all__ = ["Engine", "EngineOptions"]
+
+log = logging.getLogger(__name__)
+
+_POLL = 0.1  # seconds a thread waits before re-checking for shutdown
+
+
+@dataclass(frozen=True, slots=True)
+class EngineOptions:
+    output_size: tuple[int, int] | None = None  # (height, width); None = the input's size
+    prompt_glide: float = 0.5  # seconds
+    seed_glide: float = 0.5
+
+
+@dataclass(frozen=True, slots=True)
+class _Result:
+    pixels: npt.NDArray[np.uint8]
+    captured: float
+
+
+class Engine:
+    """Owns the three frame threads and the prompt thread; not the source, sink or backend."""
+
+    def __init__(
+        self,
+        *,
+        source: FrameSource,
+        sink: FrameSink,
+        backend: Backend,
+        controls: ControlStore,
+        options: EngineOptions | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.source = source
+        self.sink = sink
+        self.backend = backend
+        self.controls = controls
+        self.options = options or EngineOptions()
+        self.stats = Stats(backend=backend.name)
+        self._clock = clock
+        self._inputs: LatestSlot[Frame] = LatestSlot()
+        self._outputs: LatestSlot[_Result] = LatestSlot()
+        self._pool = BufferPool()
+        self._prompt_glide = Glide(self.options.prompt_glide)
+        self._seed_glide = Glide(self.options.seed_glide)
+        self._prompts = PromptEncoder(backend.encode_prompt, controls)
+        self._stop = threading.Event()
+        self._errors: list[BaseException] = []
+        self._threads = [
+            threading.Thread(target=self._guard(self._capture), name="capture", daemon=True),
+            threading.Thread(target=self._guard(self._infer), name="inference", daemon=True),
+            threading.Thread(target=self._guard(self._publish), name="publish", daemon=True),
+        ]
+        self._started = False
+        self._seed = controls.snapshot().seed
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    def start(self) -> Engine:
+        """Encode the starting prompt (synchronously: it is warm-up), then start the threads."""
+        first = self.controls.snapshot()
+        self.backend.set_prompt(self._prompts.encode(first.prompt))
+        self.backend.set_seed(first.seed)
+        self._seed = first.seed
+        self._prompts.start()
+        for thread in self._threads:
+            thread.start()
+        self._started = True
+        return self
+
+    @property
+    def running(self) -> bool:
+        return self._started and not self._stop.is_set()
+
+    @property
+    def errors(self) -> list[BaseException]:
+        """Exceptions that stopped a frame thread (the engine stops when one does)."""
+        return list(self._errors)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the engine stops (a thread failed, or :meth:`stop`); True if stopped."""
+        return self._stop.wait(timeout)
+
+    def stop(self, timeout: float = 1.5) -> list[str]:
+        """Stop and join every thread; returns the names of threads that did not finish."""
+        self._stop.set()
+        self._prompts.close()
+        deadline = self._clock() + timeout
+        stuck = []
+        for thread in self._threads:
+            if thread.is_alive():
+                thread.join(max(0.0, deadline - self._clock()))
+                if thread.is_alive():
+                    stuck.append(thread.name)
+        if stuck:
+            log.warning("threads still busy at shutdown: %s", ", ".join(stuck))
+        return stuck
+
+    def __enter__(self) -> Engine:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def _guard(self, body: Callable[[], None]) -> Callable[[], None]:
+        def run() -> None:
+            try:
+                body()
+            except BaseException as exc:
+                log.exception("%s thread failed; stopping", threading.current_thread().name)
+                self._errors.append(exc)
+                self._stop.set()
+
+        return run
+
+    # -- the three frame threads ---------------------------------------------------------
+
+    def _capture(self) -> None:
+        while not self._stop.is_set():
+            frame = self.source.read(timeout=_POLL)
+            if frame is None:
+                continue
+            self.stats.frame_in(self._clock())
+            if self._inputs.put(frame) is not None:
+                self.stats.frame_dropped()
+
+    def _infer(self) -> None:
+        first_frame = True
+        while not self._stop.is_set():
+            frame = self._inputs.take(timeout=_POLL)
+            if frame is None:
+                continue
+            controls = self.controls.snapshot()
+            if controls.paused:
+                continue  # the sink keeps showing the last published frame
+            out_h, out_w = self.options.output_size or (frame.height, frame.width)
+            out = self._pool.acquire((out_h, out_w, 4))
+            if controls.bypass:
+                self.backend.passthrough(frame.pixels, out=out)
+            else:
+                params = self._frame_params(controls)
+                started = self._clock()
+                self.backend.step(frame.pixels, params, out=out)
+                if first_frame:
+                    log.info("first frame processed in %.0f ms", 1000 * (self._clock() - started))
+                    first_frame = False
+            replaced = self._outputs.put(_Result(out, frame.timestamp))
+            if replaced is not None:
+                self._pool.release(replaced.pixels)
+
+    def _frame_params(self, controls: Controls) -> FrameParams:
+        """Turn one snapshot into this frame's values, starting glides for new prompt/seed."""
+        now = self._clock()
+        ready = self._prompts.take_ready()
+        if ready is not None:
+            text, embedding = ready
+            self.backend.set_prompt(embedding, from_mix=self._prompt_glide.position(now))
+            self._prompt_glide.restart(now)
+            log.info("prompt: %s", text[:120])
+        if controls.seed != self._seed:
+            self.backend.set_seed(controls.seed, from_mix=self._seed_glide.position(now))
+            self._seed_glide.restart(now)
+            self._seed = controls.seed
+        return FrameParams(
+            strength=controls.strength,
+            feedback=controls.feedback,
+            smoothing=controls.smoothing,
+            blend=controls.blend,
+            prompt_mix=self._prompt_glide.position(now),
+            seed_mix=self._seed_glide.position(now),
+        )
+
+    def _publish(self) -> None:
+        while not self._stop.is_set():
+            result = self._outputs.take(timeout=_POLL)
+            if result is None:
+                continue
+            try:
+                self.sink.publish(result.pixels)
+            finally:
+                self._pool.release(result.pixels)
+            now = self._clock()
+            self.stats.frame_out(now, now - result.captured)

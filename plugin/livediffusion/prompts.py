@@ -1,0 +1,77 @@
+"""Prompt text -> embedding, on its own thread, so a new prompt never stalls a frame.
+
+The thread watches the :class:`ControlStore`; when ``prompt`` changes it encodes the text (or
+takes it from a small LRU cache, so flipping between a set's prompts is instant) and leaves the
+embedding in a latest-wins slot. The inference thread picks it up between frames and starts
+a glide. A prompt that was superseded while it was being encoded is never shown.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
+
+from livediffusion.controls import ControlStore
+from livediffusion.slots import LatestSlot
+
+__all__ = ["PromptEncoder"]
+
+log = logging.getLogger(__name__)
+
+
+class PromptEncoder:
+    def __init__(
+        self, encode: Callable[[str], Any], store: ControlStore, *, cache_size: int = 32
+    ) -> None:
+        self._encode = encode
+        self._store = store
+        self._cache: OrderedDict[str, Any] = OrderedDict()
+        self._cache_size = cache_size
+        self._ready: LatestSlot[tuple[str, Any]] = LatestSlot()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="prompt-encoder", daemon=True)
+        self._current = store.snapshot().prompt
+
+    def encode(self, text: str) -> Any:
+        """Encode (or recall) ``text`` on the calling thread."""
+        cached = self._cache.get(text)
+        if cached is not None:
+            self._cache.move_to_end(text)
+            return cached
+        embedding = self._encode(text)
+        self._cache[text] = embedding
+        while len(self._cache) > self._cache_size:
+            self._cache.popitem(last=False)
+        return embedding
+
+    def start(self) -> PromptEncoder:
+        self._thread.start()
+        return self
+
+    def take_ready(self) -> tuple[str, Any] | None:
+        """The newest finished ``(text, embedding)`` not yet taken; never blocks."""
+        return self._ready.take(timeout=0.0)
+
+    def _run(self) -> None:
+        version = self._store.version
+        while not self._stop.is_set():
+            version = self._store.wait_for_change(version, timeout=0.2)
+            text = self._store.snapshot().prompt
+            if text == self._current:
+                continue
+            self._current = text
+            try:
+                embedding = self.encode(text)
+            except Exception:
+                log.exception("could not encode prompt %r; keeping the previous one", text[:80])
+                continue
+            if self._store.snapshot().prompt == text:
+                self._ready.put((text, embedding))
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=1.5)

@@ -1,0 +1,163 @@
+"""``livediffusion serve``: wire a source, the model, a sink and OSC together, then run.
+
+Start-up errors (no such model, weights missing, NDI not installed, OSC port taken) are
+turned into one clear message by the CLI; once running, the engine threads carry on until
+Ctrl-C, SIGTERM, ``--duration`` or a thread failure, and everything is closed within ~2 s.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from typing import Any, TextIO
+
+from livediffusion.config import ServeConfig
+from livediffusion.controls import ControlStore
+from livediffusion.engine import Engine, EngineOptions
+from livediffusion.status import format_status, format_summary
+from livediffusion_bridge import open_sink, open_source, pump_events
+from livediffusion_bridge.osc import OscServer
+from livediffusion_models.backends import Backend
+
+__all__ = ["build_backend", "run_server"]
+
+log = logging.getLogger("livediffusion")
+
+
+def build_backend(config: ServeConfig) -> Backend:
+    """Load the model's weights and put them on the chosen device."""
+    from livediffusion_models.backends.torch_backend import (
+        TorchBackend,
+        resolve_device,
+        resolve_dtype,
+    )
+    from livediffusion_models.registry import get_model
+    from livediffusion_models.weights import load_model
+
+    if config.backend != "torch":
+        raise ValueError(f"backend {config.backend!r} is not available yet; use torch")
+    spec = get_model(config.model)
+    weights = config.weights or spec.hub_id
+    device = resolve_device(config.device)
+    dtype = resolve_dtype(config.dtype, device)
+    log.info("loading %s (%s weights) for %s %s", spec.name, weights, device, dtype)
+    started = time.monotonic()
+    model = load_model(spec, weights, cache_dir=config.cache_dir, progress=True)
+    size = config.size or (spec.default_size, spec.default_size)
+    backend = TorchBackend.from_components(
+        model,
+        size=size,
+        device=device,
+        dtype=dtype,
+        fit=config.fit,  # type: ignore[arg-type]
+        seed=config.controls.seed,
+    )
+    log.info(
+        "model ready in %.1f s: %s at %dx%d",
+        time.monotonic() - started,
+        backend.name,
+        size[1],
+        size[0],
+    )
+    return backend
+
+
+@contextmanager
+def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
+    """SIGINT/SIGTERM set ``stop``; only the main thread may install handlers."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, _frame: Any) -> None:
+        log.info("%s: stopping", signal.Signals(signum).name)
+        stop.set()
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def _pump_until(stop: threading.Event, seconds: float) -> None:
+    """Wait on the main thread, running the OS event loop (Syphon discovery needs it on macOS)."""
+    end = time.monotonic() + seconds
+    while not stop.is_set() and time.monotonic() < end:
+        pump_events(min(0.05, max(0.0, end - time.monotonic())))
+
+
+class _StatusLine:
+    """One line, rewritten in place on a terminal; plain lines when logging to a file/pipe."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+        self._tty = stream.isatty()
+
+    def show(self, text: str) -> None:
+        if self._tty:
+            self._stream.write("\r\x1b[2K" + text)
+        else:
+            self._stream.write(text + "\n")
+        self._stream.flush()
+
+    def finish(self) -> None:
+        if self._tty:
+            self._stream.write("\n")
+            self._stream.flush()
+
+
+def run_server(
+    config: ServeConfig,
+    *,
+    backend: Backend | None = None,
+    stop: threading.Event | None = None,
+    status_stream: TextIO = sys.stderr,
+) -> int:
+    """Run until stopped. Returns the process exit code (0 clean, 1 a thread failed)."""
+    stop = stop or threading.Event()
+    with ExitStack() as stack:
+        stack.enter_context(_stop_on_signals(stop))
+        if backend is None:
+            backend = build_backend(config)
+        stack.callback(backend.close)
+        controls = ControlStore(config.controls)
+        source = stack.enter_context(open_source(config.resolved_source()))
+        sink = stack.enter_context(open_sink(config.resolved_sink()))
+        osc = stack.enter_context(
+            OscServer(controls.handle_osc, host=config.osc_host, port=config.osc_port)
+        )
+        log.info("OSC on %s:%d  (/prompt /strength /seed ...)", *osc.address)
+        options = EngineOptions(
+            output_size=config.output_size,
+            prompt_glide=config.prompt_glide,
+            seed_glide=config.seed_glide,
+        )
+        engine = Engine(
+            source=source, sink=sink, backend=backend, controls=controls, options=options
+        )
+        stack.callback(engine.stop)
+        engine.start()
+        log.info("running: %s -> %s", source.uri, sink.uri)
+        line = _StatusLine(status_stream)
+        deadline = None if config.duration is None else time.monotonic() + config.duration
+        announced = False
+        while not stop.is_set() and engine.running:
+            _pump_until(stop, config.status_interval)
+            if not announced and sink.listen_address:
+                log.info("output listening on %s", sink.listen_address)
+                announced = True
+            line.show(format_status(engine.stats.snapshot()))
+            if deadline is not None and time.monotonic() >= deadline:
+                break
+        line.finish()
+        engine.stop()
+        log.info("%s", format_summary(engine.stats.summary()))
+        return 1 if engine.errors else 0
+    return 0  # pragma: no cover - unreachable, keeps mypy sure of the return
