@@ -84,12 +84,13 @@ class Engine:
             threading.Thread(target=self._guard(self._publish), name="publish", daemon=True),
         ]
         self._started = False
+        self._warm = threading.Event()
         self._seed = controls.snapshot().seed
 
     # -- lifecycle -----------------------------------------------------------------------
 
     def start(self) -> Engine:
-        """Encode the starting prompt (synchronously: it is warm-up), then start the threads."""
+        """Encode the starting prompt, start the threads, and return once the model is warm."""
         first = self.controls.snapshot()
         self.backend.set_prompt(self._prompts.encode(first.prompt))
         self.backend.set_seed(first.seed)
@@ -98,6 +99,9 @@ class Engine:
         for thread in self._threads:
             thread.start()
         self._started = True
+        # Frames that arrive during warm-up are dropped like any frame the model can't take.
+        while not self._warm.wait(0.1) and not self._stop.is_set():
+            pass
         return self
 
     @property
@@ -162,6 +166,11 @@ class Engine:
                 self.stats.frame_dropped()
 
     def _infer(self) -> None:
+        # Warm up here, not on the caller's thread: CUDA libraries keep per-thread handles and
+        # workspaces, so a warm-up elsewhere leaves this thread's first frame slow.
+        log.info("warming up %s ...", self.backend.name)
+        log.info("warm in %.1f s", self.backend.warmup())
+        self._warm.set()
         first_frame = True
         while not self._stop.is_set():
             frame = self._inputs.take(timeout=_POLL)

@@ -133,12 +133,16 @@ def test_prompt_and_noise_glides_interpolate() -> None:
             return step(image, nf, nt, ef, et, *zeros, _controls(1.0, **c))[1].numpy()
 
     # prompt_mix 0 shows the old embedding, 1 the new one, and both differ.
-    np.testing.assert_allclose(out(n1, n1, e1, e2, prompt_mix=0.0), out(n1, n1, e1, e1), atol=1e-5)
-    np.testing.assert_allclose(out(n1, n1, e1, e2, prompt_mix=1.0), out(n1, n1, e2, e2), atol=1e-5)
+    np.testing.assert_allclose(
+        out(n1, n1, e1, e2, prompt_mix=0.0), out(n1, n1, e1, e1), atol=1e-4, rtol=1e-4
+    )
+    np.testing.assert_allclose(
+        out(n1, n1, e1, e2, prompt_mix=1.0), out(n1, n1, e2, e2), atol=1e-4, rtol=1e-4
+    )
     assert np.abs(out(n1, n1, e1, e1) - out(n1, n1, e2, e2)).mean() > 1e-2
     # noise weights (cos, sin) = (1, 0) use the old noise only.
     np.testing.assert_allclose(
-        out(n1, n2, e1, e1, noise_from=1.0, noise_to=0.0), out(n2, n1, e1, e1), atol=1e-5
+        out(n1, n2, e1, e1, noise_from=1.0, noise_to=0.0), out(n2, n1, e1, e1), atol=1e-4, rtol=1e-4
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -71,6 +72,22 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def passthrough(self, pixels: Pixels, *, out: Pixels) -> None:
         """Scale the input into ``out`` as the model path would frame it, with no model."""
+
+    def warmup(self, *, frames: int = 2) -> float:
+        """Run a few grey frames at the model size; returns the seconds it took.
+
+        The first frames through a model pick kernels and fill allocator caches, and are
+        several times slower than the rest: better before the show than on its first frames.
+        Needs a prompt set; leaves the temporal state reset.
+        """
+        height, width = self.model_size
+        pixels = np.full((height, width, 4), 128, dtype=np.uint8)
+        out = np.empty_like(pixels)
+        started = time.perf_counter()
+        for _ in range(frames):
+            self.step(pixels, FrameParams(), out=out)
+        self.reset()
+        return time.perf_counter() - started
 
     @abc.abstractmethod
     def close(self) -> None:
