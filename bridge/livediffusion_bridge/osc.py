@@ -17,7 +17,13 @@ from typing import Any
 
 from livediffusion_bridge.errors import TransportError
 
-__all__ = ["OscCounters", "OscMessageHandler", "OscServer", "check_message_size"]
+__all__ = [
+    "OscCounters",
+    "OscMessageHandler",
+    "OscServer",
+    "check_message_size",
+    "with_leading_slash",
+]
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +80,24 @@ def check_message_size(dgram: bytes) -> str | None:
     if position != len(dgram):
         return f"{len(dgram) - position} stray bytes after the arguments"
     return None
+
+
+def with_leading_slash(dgram: bytes) -> bytes:
+    """``strength,f...`` -> ``/strength,f...``: some senders leave the slash off.
+
+    OSC addresses start with ``/`` and python-osc rejects a message without one, but a
+    controller that names a channel ``strength`` means ``/strength``. Bundles and anything
+    that is not a NUL-terminated printable address are returned unchanged.
+    """
+    if dgram[:1] in (b"/", b"#", b""):
+        return dgram
+    end = dgram.find(b"\0")
+    if end <= 0 or not dgram[:end].isascii() or not dgram[:end].decode("ascii").isprintable():
+        return dgram
+    old_end = _padded_string_end(dgram, 0)
+    address = b"/" + dgram[:end]
+    padding = 4 - len(address) % 4
+    return address + b"\0" * padding + dgram[old_end:]
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,6 +167,7 @@ class OscServer:
                 continue
             with self._lock:
                 self._received += 1
+            data = with_leading_slash(data)
             try:
                 messages = [timed.message for timed in OscPacket(data).messages]
             except ParseError as exc:
