@@ -30,6 +30,7 @@ import numpy as np
 
 from ._listing import SourceInfo
 from ._options import Options
+from ._pacing import poll_for_frame
 from .errors import (
     BackendUnavailableError,
     ClosedError,
@@ -334,14 +335,7 @@ class NdiSource(FrameSource):
     def read(self, timeout: float) -> Frame | None:
         if self._closed.is_set():
             raise ClosedError(f"{self.uri} is closed")
-        deadline = time.monotonic() + max(timeout, 0.0)
-        while True:
-            with self._lock:
-                if self._closed.is_set():
-                    return None
-                frame = self._step(deadline)
-            if frame is not None or time.monotonic() >= deadline:
-                return frame
+        return poll_for_frame(self._step, timeout=timeout, lock=self._lock, closed=self._closed)
 
     def _step(self, deadline: float) -> Frame | None:
         """At most one short wait: rediscover if needed, then one capture."""

@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 
-__all__ = ["Pacer"]
+from .frame import Frame
+
+__all__ = ["Pacer", "poll_for_frame"]
 
 
 class Pacer:
@@ -46,3 +49,30 @@ class Pacer:
         now = time.monotonic()
         self._due = after if after > now else now + self.period
         return True
+
+
+def poll_for_frame(
+    step: Callable[[float], Frame | None],
+    *,
+    timeout: float,
+    lock: threading.Lock,
+    closed: threading.Event,
+    pause: float = 0.0,
+) -> Frame | None:
+    """The read loop of sources that poll a library: NDI, Syphon, Spout.
+
+    ``step(deadline)`` makes one short attempt under ``lock`` (so ``close()`` never frees the
+    library's objects mid-call); between attempts the loop sleeps ``pause`` seconds. Returns
+    the first frame, or ``None`` at the deadline or once ``closed`` is set.
+    """
+    deadline = time.monotonic() + max(timeout, 0.0)
+    while True:
+        with lock:
+            if closed.is_set():
+                return None
+            frame = step(deadline)
+        now = time.monotonic()
+        if frame is not None or now >= deadline:
+            return frame
+        if pause > 0:
+            time.sleep(min(pause, deadline - now))

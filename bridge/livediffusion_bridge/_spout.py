@@ -22,6 +22,7 @@ import numpy as np
 
 from ._listing import SourceInfo
 from ._options import Options
+from ._pacing import poll_for_frame
 from .errors import BackendUnavailableError, ClosedError, SourceNotFoundError, TransportError
 from .frame import Frame, FrameSink, FrameSource, Pixels, as_pixels
 from .uri import SourceURI
@@ -125,16 +126,13 @@ class SpoutSource(FrameSource):
     def read(self, timeout: float) -> Frame | None:
         if self._closed.is_set():
             raise ClosedError(f"{self.uri} is closed")
-        deadline = time.monotonic() + max(timeout, 0.0)
-        while True:
-            with self._lock:
-                if self._closed.is_set():
-                    return None
-                frame = self._step()
-            now = time.monotonic()
-            if frame is not None or now >= deadline:
-                return frame
-            time.sleep(min(_POLL, deadline - now))
+        return poll_for_frame(
+            lambda _deadline: self._step(),
+            timeout=timeout,
+            lock=self._lock,
+            closed=self._closed,
+            pause=_POLL,
+        )
 
     def _allocate(self) -> None:
         width = int(self._receiver.getSenderWidth())

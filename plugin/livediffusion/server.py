@@ -124,16 +124,18 @@ def run_server(
     stop = stop or threading.Event()
     with ExitStack() as stack:
         stack.enter_context(_stop_on_signals(stop))
-        if backend is None:
-            backend = build_backend(config)
-        stack.callback(backend.close)
+        # Everything that can fail on a typo (port taken, bad URI, missing transport) is
+        # opened before the model, which takes seconds to load.
         controls = ControlStore(config.controls)
-        source = stack.enter_context(open_source(config.resolved_source()))
-        sink = stack.enter_context(open_sink(config.resolved_sink()))
         osc = stack.enter_context(
             OscServer(controls.handle_osc, host=config.osc_host, port=config.osc_port)
         )
         log.info("OSC on %s:%d  (/prompt /strength /seed ...)", *osc.address)
+        source = stack.enter_context(open_source(config.resolved_source()))
+        sink = stack.enter_context(open_sink(config.resolved_sink()))
+        if backend is None:
+            backend = build_backend(config)
+        stack.callback(backend.close)
         options = EngineOptions(
             output_size=config.output_size,
             prompt_glide=config.prompt_glide,
