@@ -104,7 +104,11 @@ CONTROL_ADDRESSES: Mapping[str, tuple[str, _Parser, str]] = {
     "/feedback": ("feedback", _unit, "0..1; share of the previous frame's latent"),
     "/smoothing": ("smoothing", _unit, "0..1; share of the previous output (EMA)"),
     "/blend": ("blend", _unit, "0..1; mix of the input picture into the output"),
-    "/bypass": ("bypass", _switch, "0/1; pass the input through (framed and sized like the output)"),
+    "/bypass": (
+        "bypass",
+        _switch,
+        "0/1; pass the input through (framed and sized like the output)",
+    ),
     "/pause": ("paused", _switch, "0/1; freeze the output on the last frame"),
 }
 """address -> (field, parser, what it takes). The docs' OSC table is written from this."""

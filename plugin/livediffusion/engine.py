@@ -96,12 +96,13 @@ class Engine:
         self.backend.set_seed(first.seed)
         self._seed = first.seed
         self._prompts.start()
-        for thread in self._threads:
-            thread.start()
-        self._started = True
-        # Frames that arrive during warm-up are dropped like any frame the model can't take.
+        capture, inference, publish = self._threads
+        inference.start()  # it warms up first; frames would only be dropped meanwhile
         while not self._warm.wait(0.1) and not self._stop.is_set():
             pass
+        capture.start()
+        publish.start()
+        self._started = True
         return self
 
     @property

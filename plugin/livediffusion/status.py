@@ -34,8 +34,22 @@ class _Ring:
         return self._values[: self._count].copy()
 
 
+def _recent(times: np.ndarray, now: float) -> np.ndarray:
+    """Which of ``times`` describe "now": the last two seconds, or for a slow pipeline
+    (a frame every few seconds on a CPU) its last two frames while it is still on schedule."""
+    mask = times >= now - _WINDOW_SECONDS
+    if np.count_nonzero(mask) >= 2 or len(times) < 2:
+        return mask
+    last_two = np.partition(times, len(times) - 2)[-2:]
+    previous, newest = float(last_two[0]), float(last_two[1])
+    if newest > previous and now - newest <= 1.5 * (newest - previous):
+        recent: np.ndarray = times >= previous
+        return recent
+    return mask
+
+
 def _rate(times: np.ndarray, now: float) -> float:
-    recent = times[times >= now - _WINDOW_SECONDS]
+    recent = times[_recent(times, now)]
     if len(recent) < 2:
         return 0.0
     span = max(float(recent.max() - recent.min()), now - float(recent.max()))
@@ -106,7 +120,7 @@ class Stats:
             in_times, out_times = self._in_times.values(), self._out_times.values()
             latencies = self._latencies.values()
             frames_in, frames_out, dropped = self.frames_in, self.frames_out, self.dropped
-        recent = latencies[out_times >= now - _WINDOW_SECONDS] if len(latencies) else latencies
+        recent = latencies[_recent(out_times, now)] if len(latencies) else latencies
         p50, p99 = np.percentile(recent * 1000, [50, 99]) if len(recent) else (0.0, 0.0)
         return Status(
             input_fps=_rate(in_times, now),

@@ -119,3 +119,13 @@ def test_summary_covers_the_whole_run() -> None:
     assert summary.latency_p50_ms == pytest.approx(10.0)  # 51 frames at 10 ms, 50 at 20 ms
     assert summary.latency_p99_ms == pytest.approx(20.0)
     assert "101 frames out" in format_summary(summary)
+
+
+def test_a_slow_pipeline_shows_its_rate_and_a_stall_shows_zero() -> None:
+    stats = Stats()
+    for t in (0.0, 6.0, 12.0):  # a frame every 6 s (a big model on a CPU)
+        stats.frame_out(t, latency=5.9)
+    status = stats.snapshot(now=14.0)
+    assert status.output_fps == pytest.approx(1 / 6, rel=0.01)
+    assert status.latency_p50_ms == pytest.approx(5900.0)
+    assert stats.snapshot(now=30.0).output_fps == 0.0  # three intervals late: stalled
