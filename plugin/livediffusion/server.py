@@ -47,7 +47,7 @@ def build_backend(config: ServeConfig) -> Backend:
     dtype = resolve_dtype(config.dtype, device)
     log.info("loading %s (%s weights) for %s %s", spec.name, weights, device, dtype)
     started = time.monotonic()
-    model = load_model(spec, weights, cache_dir=config.cache_dir, progress=True)
+    model = load_model(spec, weights, cache_dir=config.cache_dir, progress=True, torch_dtype=dtype)
     size = config.size or (spec.default_size, spec.default_size)
     backend = TorchBackend.from_components(
         model,

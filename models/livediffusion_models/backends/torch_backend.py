@@ -94,7 +94,9 @@ class TorchBackend(Backend):
         self.schedule = NoiseSchedule.from_scheduler_config(scheduler_config)
 
         for module in (unet, vae, text_encoder):
-            module.to(device=self.device, dtype=dtype).eval().requires_grad_(False)
+            if module.dtype != dtype:  # diffusers warns on every dtype cast, even a no-op
+                module.to(dtype=dtype)
+            module.to(device=self.device).eval().requires_grad_(False)
         self.frame_step = FrameStep(unet, vae)
         self.text_encoder = text_encoder
         self.tokenizer = tokenizer
