@@ -8,92 +8,33 @@ the bridge never loads a transport library.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import sys
 import time
-from collections.abc import Callable
+from types import ModuleType
 
 from ._listing import SourceInfo, SourceListing
 from .errors import BackendUnavailableError, BridgeError, InvalidURIError, TransportError
 from .frame import FrameSink, FrameSource
-from .uri import SourceURI, parse_uri
+from .uri import parse_uri
 
 __all__ = ["list_sources", "open_sink", "open_source", "pump_events"]
 
 
-def _ndi_source(uri: SourceURI) -> FrameSource:
-    from . import _ndi
-
-    return _ndi.open_source(uri)
-
-
-def _syphon_source(uri: SourceURI) -> FrameSource:
-    from . import _syphon
-
-    return _syphon.open_source(uri)
-
-
-def _spout_source(uri: SourceURI) -> FrameSource:
-    from . import _spout
-
-    return _spout.open_source(uri)
-
-
-def _pattern_source(uri: SourceURI) -> FrameSource:
-    from . import _pattern
-
-    return _pattern.open_source(uri)
-
-
-def _file_source(uri: SourceURI) -> FrameSource:
-    from . import _file
-
-    return _file.open_source(uri)
-
-
-def _memory_source(uri: SourceURI) -> FrameSource:
-    from . import memory
-
-    return memory.open_source(uri)
-
-
-def _ndi_sink(uri: SourceURI) -> FrameSink:
-    from . import _ndi
-
-    return _ndi.open_sink(uri)
-
-
-def _syphon_sink(uri: SourceURI) -> FrameSink:
-    from . import _syphon
-
-    return _syphon.open_sink(uri)
-
-
-def _spout_sink(uri: SourceURI) -> FrameSink:
-    from . import _spout
-
-    return _spout.open_sink(uri)
-
-
-def _memory_sink(uri: SourceURI) -> FrameSink:
-    from . import memory
-
-    return memory.open_sink(uri)
-
-
-_SOURCES: dict[str, Callable[[SourceURI], FrameSource]] = {
-    "ndi": _ndi_source,
-    "syphon": _syphon_source,
-    "spout": _spout_source,
-    "test": _pattern_source,
-    "file": _file_source,
-    "memory": _memory_source,
+# scheme -> the private module that implements it; imported on first use only.
+_SOURCE_MODULES = {
+    "ndi": "_ndi",
+    "syphon": "_syphon",
+    "spout": "_spout",
+    "test": "_pattern",
+    "file": "_file",
+    "memory": "memory",
 }
-_SINKS: dict[str, Callable[[SourceURI], FrameSink]] = {
-    "ndi": _ndi_sink,
-    "syphon": _syphon_sink,
-    "spout": _spout_sink,
-    "memory": _memory_sink,
-}
+_SINK_MODULES = {"ndi": "_ndi", "syphon": "_syphon", "spout": "_spout", "memory": "memory"}
+
+
+def _module(name: str) -> ModuleType:
+    return importlib.import_module(f"{__package__}.{name}")
 
 
 def open_source(uri: str) -> FrameSource:
@@ -104,7 +45,8 @@ def open_source(uri: str) -> FrameSource:
     transport cannot work on this machine.
     """
     parsed = parse_uri(uri)
-    return _SOURCES[parsed.scheme](parsed)
+    source: FrameSource = _module(_SOURCE_MODULES[parsed.scheme]).open_source(parsed)
+    return source
 
 
 def open_sink(uri: str) -> FrameSink:
@@ -114,39 +56,23 @@ def open_sink(uri: str) -> FrameSink:
     transport cannot work on this machine.
     """
     parsed = parse_uri(uri)
-    opener = _SINKS.get(parsed.scheme)
-    if opener is None:
+    if parsed.scheme not in _SINK_MODULES:
         raise InvalidURIError(
             f"{parsed.scheme}:// can only be a source ({uri}); sinks: "
-            + ", ".join(f"{scheme}://" for scheme in _SINKS)
+            + ", ".join(f"{scheme}://" for scheme in _SINK_MODULES)
         )
-    return opener(parsed)
+    sink: FrameSink = _module(_SINK_MODULES[parsed.scheme]).open_sink(parsed)
+    return sink
 
 
-def _listers() -> dict[str, Callable[[float], list[SourceInfo]]]:
+def _listed_kinds() -> list[str]:
     """The transports that can be asked on this OS (the others are not failures, just absent)."""
-
-    def ndi(timeout: float) -> list[SourceInfo]:
-        from . import _ndi
-
-        return _ndi.list_sources(timeout)
-
-    def syphon(timeout: float) -> list[SourceInfo]:
-        from . import _syphon
-
-        return _syphon.list_sources(timeout)
-
-    def spout(timeout: float) -> list[SourceInfo]:
-        from . import _spout
-
-        return _spout.list_sources(timeout)
-
-    listers: dict[str, Callable[[float], list[SourceInfo]]] = {"ndi": ndi}
+    kinds = ["ndi"]
     if sys.platform == "darwin":
-        listers["syphon"] = syphon
+        kinds.append("syphon")
     if sys.platform == "win32":
-        listers["spout"] = spout
-    return listers
+        kinds.append("spout")
+    return kinds
 
 
 def list_sources(*, timeout: float = 2.0) -> SourceListing:
@@ -160,9 +86,10 @@ def list_sources(*, timeout: float = 2.0) -> SourceListing:
     deadline = time.monotonic() + max(timeout, 0.0)
     found: list[SourceInfo] = []
     errors: dict[str, BridgeError] = {}
-    for kind, lister in _listers().items():
+    for kind in _listed_kinds():
         try:
-            found.extend(lister(max(deadline - time.monotonic(), 0.0)))
+            module = _module(_SOURCE_MODULES[kind])
+            found.extend(module.list_sources(max(deadline - time.monotonic(), 0.0)))
         except BridgeError as exc:
             errors[kind] = exc
         except Exception as exc:  # a transport library's own failure: report, don't hide

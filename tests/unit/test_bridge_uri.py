@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -180,8 +181,10 @@ def test_listing_failures_do_not_hide_other_transports(monkeypatch: pytest.Monke
     def unavailable(timeout: float) -> list[SourceInfo]:
         raise BackendUnavailableError("no library")
 
+    listers = {"_ndi": broken, "_syphon": unavailable, "_spout": fine}
+    monkeypatch.setattr(transports, "_listed_kinds", lambda: ["ndi", "syphon", "spout"])
     monkeypatch.setattr(
-        transports, "_listers", lambda: {"ndi": broken, "syphon": unavailable, "spout": fine}
+        transports, "_module", lambda name: types.SimpleNamespace(list_sources=listers[name])
     )
     listing = bridge.list_sources(timeout=0.1)
     assert [s.uri for s in listing] == ["spout://A"]
