@@ -61,22 +61,23 @@ class Engine:
         backend: Backend,
         controls: ControlStore,
         options: EngineOptions | None = None,
-        clock: Callable[[], float] = time.monotonic,
+        stop: threading.Event | None = None,
     ) -> None:
+        """``stop``: an event shared with the caller (its signal handler), so setting it both
+        stops running threads and cuts a start-up warm-up short."""
         self.source = source
         self.sink = sink
         self.backend = backend
         self.controls = controls
         self.options = options or EngineOptions()
         self.stats = Stats(backend=backend.name)
-        self._clock = clock
         self._inputs: LatestSlot[Frame] = LatestSlot()
         self._outputs: LatestSlot[_Result] = LatestSlot()
         self._pool = BufferPool()
         self._prompt_glide = Glide(self.options.prompt_glide)
         self._seed_glide = Glide(self.options.seed_glide)
         self._prompts = PromptEncoder(backend.encode_prompt, controls)
-        self._stop = threading.Event()
+        self._stop = stop or threading.Event()
         self._errors: list[BaseException] = []
         self._threads = [
             threading.Thread(target=self._guard(self._capture), name="capture", daemon=True),
@@ -85,7 +86,7 @@ class Engine:
         ]
         self._started = False
         self._warm = threading.Event()
-        self._seed = controls.snapshot().seed
+        self._seed = 0  # the seed whose noise the backend holds; set in start()
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -114,19 +115,15 @@ class Engine:
         """Exceptions that stopped a frame thread (the engine stops when one does)."""
         return list(self._errors)
 
-    def wait(self, timeout: float | None = None) -> bool:
-        """Block until the engine stops (a thread failed, or :meth:`stop`); True if stopped."""
-        return self._stop.wait(timeout)
-
     def stop(self, timeout: float = 1.5) -> list[str]:
         """Stop and join every thread; returns the names of threads that did not finish."""
         self._stop.set()
         self._prompts.close()
-        deadline = self._clock() + timeout
+        deadline = time.monotonic() + timeout
         stuck = []
         for thread in self._threads:
             if thread.is_alive():
-                thread.join(max(0.0, deadline - self._clock()))
+                thread.join(max(0.0, deadline - time.monotonic()))
                 if thread.is_alive():
                     stuck.append(thread.name)
         if stuck:
@@ -162,7 +159,7 @@ class Engine:
             frame = self.source.read(timeout=_POLL)
             if frame is None:
                 continue
-            self.stats.frame_in(self._clock())
+            self.stats.frame_in(time.monotonic())
             if self._inputs.put(frame) is not None:
                 self.stats.frame_dropped()
 
@@ -186,10 +183,12 @@ class Engine:
                 self.backend.passthrough(frame.pixels, out=out)
             else:
                 params = self._frame_params(controls)
-                started = self._clock()
+                started = time.monotonic()
                 self.backend.step(frame.pixels, params, out=out)
                 if first_frame:
-                    log.info("first frame processed in %.0f ms", 1000 * (self._clock() - started))
+                    log.info(
+                        "first frame processed in %.0f ms", 1000 * (time.monotonic() - started)
+                    )
                     first_frame = False
             replaced = self._outputs.put(_Result(out, frame.timestamp))
             if replaced is not None:
@@ -197,7 +196,7 @@ class Engine:
 
     def _frame_params(self, controls: Controls) -> FrameParams:
         """Turn one snapshot into this frame's values, starting glides for new prompt/seed."""
-        now = self._clock()
+        now = time.monotonic()
         ready = self._prompts.take_ready()
         if ready is not None:
             text, embedding = ready
@@ -226,5 +225,5 @@ class Engine:
                 self.sink.publish(result.pixels)
             finally:
                 self._pool.release(result.pixels)
-            now = self._clock()
+            now = time.monotonic()
             self.stats.frame_out(now, now - result.captured)

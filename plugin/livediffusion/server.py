@@ -67,9 +67,14 @@ def build_backend(config: ServeConfig) -> Backend:
     return backend
 
 
+class _StopDuringStartup(BaseException):
+    """Raised by the signal handler while loading: a BaseException, so no loader swallows it."""
+
+
 @contextmanager
-def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
-    """SIGINT/SIGTERM set ``stop``; only the main thread may install handlers."""
+def _stop_on_signals(stop: threading.Event, running: threading.Event) -> Iterator[None]:
+    """SIGINT/SIGTERM set ``stop``; before ``running`` they also abort the start-up at once
+    (loading weights can take many seconds). Only the main thread may install handlers."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -77,6 +82,8 @@ def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
     def handler(signum: int, _frame: Any) -> None:
         log.info("%s: stopping", signal.Signals(signum).name)
         stop.set()
+        if not running.is_set():
+            raise _StopDuringStartup
 
     previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
@@ -122,8 +129,23 @@ def run_server(
 ) -> int:
     """Run until stopped. Returns the process exit code (0 clean, 1 a thread failed)."""
     stop = stop or threading.Event()
+    running = threading.Event()
+    try:
+        return _run(config, backend, stop, running, status_stream)
+    except _StopDuringStartup:
+        log.info("stopped during start-up")
+        return 0
+
+
+def _run(
+    config: ServeConfig,
+    backend: Backend | None,
+    stop: threading.Event,
+    running: threading.Event,
+    status_stream: TextIO,
+) -> int:
     with ExitStack() as stack:
-        stack.enter_context(_stop_on_signals(stop))
+        stack.enter_context(_stop_on_signals(stop, running))
         # Everything that can fail on a typo (port taken, bad URI, missing transport) is
         # opened before the model, which takes seconds to load.
         controls = ControlStore(config.controls)
@@ -142,10 +164,16 @@ def run_server(
             seed_glide=config.seed_glide,
         )
         engine = Engine(
-            source=source, sink=sink, backend=backend, controls=controls, options=options
+            source=source,
+            sink=sink,
+            backend=backend,
+            controls=controls,
+            options=options,
+            stop=stop,
         )
         stack.callback(engine.stop)
         engine.start()
+        running.set()
         log.info("running: %s -> %s", source.uri, sink.uri)
         line = _StatusLine(status_stream)
         deadline = None if config.duration is None else time.monotonic() + config.duration
@@ -162,4 +190,3 @@ def run_server(
         engine.stop()
         log.info("%s", format_summary(engine.stats.summary()))
         return 1 if engine.errors else 0
-    return 0  # pragma: no cover - unreachable, keeps mypy sure of the return

@@ -203,3 +203,35 @@ def test_cli_serves_over_ndi_and_stops_on_sigterm(tiny_folder: Path) -> None:
     assert elapsed < 2.0, f"took {elapsed:.2f} s to stop"
     assert any("SIGTERM" in x for x in lines)
     assert any("frames out" in x for x in lines)  # the summary line
+
+
+def test_sigterm_while_the_model_loads_stops_at_once() -> None:
+    # The full-size random model takes many seconds to build on a CPU: a performer who
+    # changes their mind must not wait for it.
+    command = [
+        sys.executable, "-m", "livediffusion", "serve",
+        "--source", "test://pattern", "--sink", "memory://out",
+        "--weights", "random", "--device", "cpu", "--osc-port", str(_free_udp_port()),
+    ]  # fmt: skip
+    process = subprocess.Popen(
+        command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )  # fmt: skip
+    assert process.stdout is not None
+    lines = []
+    for line in process.stdout:
+        lines.append(line)
+        if "loading sdxs-512-0.9" in line:
+            break
+    time.sleep(1.0)  # inside the build now
+    started = time.monotonic()
+    process.send_signal(signal.SIGTERM)
+    try:
+        code = process.wait(timeout=10)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    lines.extend(process.stdout.readlines())
+    assert time.monotonic() - started < 2.0, "".join(lines[-20:])
+    assert code == 0, "".join(lines[-20:])
+    assert any("stopped during start-up" in x for x in lines)
