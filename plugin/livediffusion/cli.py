@@ -92,7 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--cache-dir", metavar="DIR", help="where downloaded weights live")
     look = serve.add_argument_group("starting look (all changeable over OSC)")
     look.add_argument("--prompt", default=defaults.prompt)
-    look.add_argument("--strength", type=_unit, default=defaults.strength)
+    look.add_argument(
+        "--strength", type=_unit, help="default: the model's own (1.0 for SDXS, 0.5 for sd-turbo)"
+    )
     look.add_argument("--seed", type=int, default=defaults.seed)
     look.add_argument("--feedback", type=_unit, default=defaults.feedback)
     look.add_argument("--smoothing", type=_unit, default=defaults.smoothing)
@@ -126,6 +128,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _serve_config(args: argparse.Namespace) -> ServeConfig:
+    from livediffusion_models.registry import get_model
+
+    strength = args.strength
+    if strength is None:
+        strength = get_model(args.model).default_strength
     return ServeConfig(
         source=args.source,
         sink=args.sink,
@@ -140,7 +147,7 @@ def _serve_config(args: argparse.Namespace) -> ServeConfig:
         osc_port=args.osc_port,
         controls=Controls(
             prompt=args.prompt,
-            strength=args.strength,
+            strength=strength,
             seed=args.seed,
             feedback=args.feedback,
             smoothing=args.smoothing,

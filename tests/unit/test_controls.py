@@ -86,3 +86,15 @@ def test_store_swaps_snapshots_and_wakes_waiters() -> None:
 def test_wait_for_change_times_out() -> None:
     store = ControlStore()
     assert store.wait_for_change(0, timeout=0.01) == 0
+
+
+def test_cli_strength_defaults_to_the_models_own() -> None:
+    from livediffusion.cli import _serve_config, build_parser
+
+    def config(*extra: str) -> float:
+        args = build_parser().parse_args(["serve", *extra])
+        return _serve_config(args).controls.strength
+
+    assert config() == 1.0  # SDXS: t=999, its only trained timestep
+    assert config("--model", "sd-turbo") == 0.5  # SD-Turbo's img2img recipe
+    assert config("--model", "sd-turbo", "--strength", "0.8") == 0.8
