@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from livediffusion_bridge import list_sources, open_sink, open_source
+from pictures import oriented_picture
 
 pytestmark = [
     pytest.mark.windows,
@@ -23,21 +24,10 @@ pytestmark = [
 ]
 
 
-def picture(seed: int) -> np.ndarray:
-    y, x = np.mgrid[0:96, 0:128]
-    pixels = np.empty((96, 128, 4), dtype=np.uint8)
-    pixels[..., 0] = (x * 2 + seed * 60) % 256
-    pixels[..., 1] = (y * 2) % 256
-    pixels[..., 2] = 200 if seed % 2 else 30
-    pixels[:32, :32, :3] = 255
-    pixels[..., 3] = 255
-    return pixels
-
-
 def test_round_trip_keeps_size_colours_and_orientation() -> None:
     pytest.importorskip("SpoutGL")
     name = f"ld-test-{uuid.uuid4().hex[:8]}"
-    sent = picture(1)
+    sent = oriented_picture(1)
     with open_sink(f"spout://{name}") as sink:
         sink.publish(sent)
         assert any(s.name == name for s in list_sources(timeout=1.0).of_kind("spout"))
