@@ -100,13 +100,19 @@ def _resize(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     )
 
 
-def to_model(pixels: torch.Tensor, geometry: Geometry, *, out: torch.Tensor) -> torch.Tensor:
-    """RGBA uint8 ``(H, W, 4)`` -> ``out``: ``(1, 3, h, w)`` in ``[-1, 1]``, padded with black."""
+def to_model(
+    pixels: torch.Tensor, geometry: Geometry, *, out: torch.Tensor, pad: bool = True
+) -> torch.Tensor:
+    """RGBA uint8 ``(H, W, 4)`` -> ``out``: ``(1, 3, h, w)`` in ``[-1, 1]``, padded with black.
+
+    Only the content box is written each call; ``pad=False`` skips painting the padding, for
+    a caller whose ``out`` already holds it from an earlier frame of the same geometry.
+    """
     box = geometry.input_crop
     rgb = pixels[box.top : box.top + box.height, box.left : box.left + box.width, :3]
     image = rgb.permute(2, 0, 1).unsqueeze(0).to(out.dtype).mul_(2.0 / 255.0).sub_(1.0)
     content = geometry.model_content
-    if (content.height, content.width) != geometry.model_size:
+    if pad and (content.height, content.width) != geometry.model_size:
         out.fill_(-1.0)
     target = out[
         :,

@@ -61,6 +61,7 @@ class _ShapeBuffers:
     staging: torch.Tensor | None  # pinned host copy of the input (accelerators only)
     pixels_in: torch.Tensor  # (H, W, 4) uint8 on the device
     pixels_out: torch.Tensor  # (h, w, 4) uint8 on the device
+    padded: bool = False  # whether self._image holds this geometry's letterbox padding
 
 
 class TorchBackend(Backend):
@@ -216,6 +217,12 @@ class TorchBackend(Backend):
         buffers.pixels_in.copy_(buffers.staging, non_blocking=True)
         return buffers.pixels_in
 
+    def _to_model(self, pixels: Pixels, buffers: _ShapeBuffers) -> None:
+        # The letterbox padding never changes for one geometry: paint it on its first frame.
+        first = not buffers.padded
+        to_model(self._upload(pixels, buffers), buffers.geometry, out=self._image, pad=first)
+        buffers.padded = True
+
     def _download(self, result: torch.Tensor, out: Pixels) -> None:
         torch.from_numpy(out).copy_(result)
 
@@ -224,7 +231,7 @@ class TorchBackend(Backend):
         if not self._has_prompt:
             raise RuntimeError("set_prompt() must be called before the first frame")
         buffers = self._buffers_for(pixels, out)
-        to_model(self._upload(pixels, buffers), buffers.geometry, out=self._image)
+        self._to_model(pixels, buffers)
 
         level = self.schedule.at_strength(params.strength)
         cos, sin = _seed_weights(params.seed_mix)
@@ -261,7 +268,7 @@ class TorchBackend(Backend):
     @torch.inference_mode()
     def passthrough(self, pixels: Pixels, *, out: Pixels) -> None:
         buffers = self._buffers_for(pixels, out)
-        to_model(self._upload(pixels, buffers), buffers.geometry, out=self._image)
+        self._to_model(pixels, buffers)
         target = torch.from_numpy(out) if buffers.staging is None else buffers.pixels_out
         to_pixels(self._image, buffers.geometry, out=target)
         if buffers.staging is not None:
