@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import logging
+import os
 import re
 import shutil
+import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +23,7 @@ from livediffusion_models import (
     get_model,
 )
 from livediffusion_models.registry import ModelSpec
-from livediffusion_models.weights import LoadedModel, download, load_model
+from livediffusion_models.weights import LoadedModel, download, download_command, load_model
 from tinymodel import TINY_EMBED_DIM, TINY_SIZE, TinyModules, make_tiny_modules, save_tiny_folder
 
 SDXS = get_model("sdxs-512-0.9")
@@ -66,6 +69,11 @@ def _fake_hub_snapshot(cache: Path, repo_id: str, content: Path | None = None) -
     else:
         shutil.copytree(content, snapshot)
     return snapshot
+
+
+def _commands(message: str) -> list[str]:
+    """The commands a message suggests (written between backticks)."""
+    return re.findall(r"`([^`]+)`", message)
 
 
 def _outputs(unet: Any, vae: Any, text_encoder: Any, tokenizer: Any) -> list[torch.Tensor]:
@@ -179,11 +187,62 @@ def test_folder_without_unet_says_what_it_expected(tmp_path: Path) -> None:
     message = str(caught.value)
     assert str(tmp_path / "empty" / "unet") in message
     assert "--weights random" in message
+    # downloading "into" the same folder would fail the same way: suggest the model's own
+    assert _commands(message) == ["livediffusion download --model sdxs-512-0.9"]
 
 
 def test_missing_path_that_is_not_a_hub_id(tmp_path: Path) -> None:
     with pytest.raises(WeightsNotFoundError, match="no such folder"):
         load_model(SDXS, str(tmp_path / "nowhere" / "at" / "all"), progress=False)
+
+
+def test_missing_folder_suggests_the_models_own_download_which_works(
+    tmp_path: Path, fake_hub: FakeHub, tiny_source: Path
+) -> None:
+    missing = tmp_path / "nonexistent" / "dir"
+    started = time.monotonic()
+    with pytest.raises(WeightsNotFoundError) as caught:
+        download(SDXS, str(missing), progress=False)
+    assert time.monotonic() - started < 2
+    message = str(caught.value)
+    assert "check the path" in message
+    assert str(missing) in message  # where it looked
+    assert _commands(message) == ["livediffusion download --model sdxs-512-0.9"]
+    assert all(str(missing) not in command for command in _commands(message))
+    assert fake_hub.fetched == {}  # a missing folder never reaches for the network
+
+    # and the suggestion (download --model sdxs-512-0.9, no --weights) does work
+    fake_hub.repos[SDXS.hub_id] = tiny_source
+    assert (download(SDXS, None, progress=False) / "unet").is_dir()
+
+
+def test_damaged_unet_is_reported_before_anything_is_looked_for(
+    tiny: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A folder with only a truncated unet/ must not send the user after a text encoder."""
+    from livediffusion_models.weights import plan
+
+    def no_lookups(repo_id: str, **_: Any) -> Path:
+        raise AssertionError(f"looked for {repo_id} before reporting the damaged file")
+
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setattr(plan, "_hub_snapshot", no_lookups)
+    for component in ("vae", "text_encoder", "tokenizer", "scheduler"):
+        shutil.rmtree(tiny / component)
+    damaged = tiny / "unet" / "diffusion_pytorch_model.safetensors"
+    damaged.write_bytes(damaged.read_bytes()[: damaged.stat().st_size // 2])
+
+    for attempt in (load_model, download):
+        started = time.monotonic()
+        with pytest.raises(WeightsCorruptError) as caught:
+            attempt(SDXS, str(tiny), progress=False)
+        assert time.monotonic() - started < 2
+        message = str(caught.value)
+        assert caught.value.path == damaged
+        assert f"damaged weights file: {damaged}" in message
+        assert "incomplete" in message  # the reason: the data stops short
+        assert f"copy or export {damaged.parent} again" in message
+        assert f"--weights {SDXS.hub_id}" in message
 
 
 def test_a_file_is_not_a_weights_folder(tmp_path: Path) -> None:
@@ -323,6 +382,8 @@ def fake_hub(
 ) -> FakeHub:
     import huggingface_hub
 
+    from livediffusion_models.weights import hub as weights_hub
+
     # an sd-turbo-like repo: an AutoencoderKL in vae/ and fp16 + fp32 copies of everything
     turbo = Path(shutil.copytree(tiny_source, tmp_path / "repo-turbo"))
     for weights in turbo.glob("*/*.safetensors"):
@@ -335,6 +396,7 @@ def fake_hub(
     (taesd / "taesd_decoder.pth").write_bytes(b"not for diffusers")
     hub = FakeHub({"stabilityai/sd-turbo": turbo, "madebyollin/taesd": taesd}, isolated_caches)
     monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setattr(weights_hub, "_hub_unreachable", lambda: None)  # the fake hub answers
     monkeypatch.setattr(
         huggingface_hub.HfApi, "list_repo_files", lambda self, repo_id: hub.list_repo_files(repo_id)
     )
@@ -372,6 +434,42 @@ def test_failed_download_names_the_repo_and_the_reason(fake_hub: FakeHub) -> Non
     assert "https://huggingface.co/nobody/nothing" in message
     assert "404" in message
     assert "livediffusion download --model sdxs-512-0.9 --weights nobody/nothing" in message
+
+
+def _closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    return port  # closed again: connecting is refused at once
+
+
+@pytest.mark.parametrize("repo_id", ["someone/some-model", SDXS.hub_id])
+def test_unreachable_hub_fails_fast_without_retry_warnings(
+    repo_id: str,
+    isolated_caches: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    """No network: one message at once, not huggingface_hub's 25 s of retries and warnings."""
+    from huggingface_hub import constants
+
+    endpoint = f"http://127.0.0.1:{_closed_port()}"
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setattr(constants, "ENDPOINT", endpoint)
+    caplog.set_level(logging.DEBUG)
+    started = time.monotonic()
+    with pytest.raises(WeightsNotFoundError) as caught:
+        load_model(SDXS, repo_id, progress=False)
+    assert time.monotonic() - started < 5
+    message = str(caught.value)
+    assert f"cannot reach {endpoint}" in message
+    assert str(isolated_caches / "hub" / ("models--" + repo_id.replace("/", "--"))) in message
+    assert f"{endpoint}/{repo_id}" in message
+    assert _commands(message) == [download_command(SDXS, weights=repo_id)]
+    assert "--weights random" in message
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert "Retrying" not in capfd.readouterr().err
 
 
 def test_hub_file_selection_takes_one_variant_and_skips_the_rest() -> None:
@@ -455,3 +553,81 @@ def test_random_build_is_seeded_and_leaves_the_global_rng_alone() -> None:
 def test_random_needs_no_download() -> None:
     with pytest.raises(ModelError, match="no download"):
         download(SDXS, "random")
+
+
+# ------------------------------------------------------------------------------ fingerprint
+
+
+def _fingerprint(folder: Path) -> str:
+    return load_model(SDXS, str(folder), progress=False).fingerprint
+
+
+def test_fingerprint_is_stable_for_the_same_folder(tiny: Path, tiny_source: Path) -> None:
+    first = _fingerprint(tiny)
+    assert re.fullmatch(r"[0-9a-f]{16}", first)
+    assert _fingerprint(tiny) == first
+    # the same files elsewhere (copytree keeps mtimes) are the same weights
+    moved = Path(shutil.copytree(tiny, tiny.parent / "moved"))
+    assert _fingerprint(moved) == first
+
+
+def test_fingerprint_changes_when_a_weight_file_is_touched(tiny: Path) -> None:
+    before = _fingerprint(tiny)
+    weights = tiny / "unet" / "diffusion_pytorch_model.safetensors"
+    stat = weights.stat()
+    os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+    assert _fingerprint(tiny) != before
+
+
+def test_fingerprint_changes_when_a_weight_file_is_replaced_with_the_same_size(
+    tiny: Path,
+) -> None:
+    before = _fingerprint(tiny)
+    weights = tiny / "text_encoder" / "model.safetensors"
+    stat = weights.stat()
+    data = bytearray(weights.read_bytes())
+    data[-4:] = bytes(b ^ 0xFF for b in data[-4:])  # the last tensor's last value
+    weights.write_bytes(bytes(data))
+    # even where the clock or the copy leaves the old timestamp
+    os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert weights.stat().st_size == stat.st_size
+    assert _fingerprint(tiny) != before
+
+
+@pytest.mark.parametrize("config", ["unet/config.json", "scheduler/scheduler_config.json"])
+def test_fingerprint_changes_with_a_config(tiny: Path, config: str) -> None:
+    before = _fingerprint(tiny)
+    path = tiny / config
+    values = json.loads(path.read_text())
+    key = "sample_size" if config.startswith("unet") else "beta_end"
+    values[key] = values[key] * 2
+    path.write_text(json.dumps(values))
+    assert _fingerprint(tiny) != before
+
+
+@pytest.mark.usefixtures("tiny_shipped_configs")
+def test_fingerprint_of_random_weights_follows_the_seed(tiny_source: Path) -> None:
+    zero = load_model(SDXS, "random", progress=False).fingerprint
+    assert load_model(SDXS, "random", progress=False).fingerprint == zero
+    assert load_model(SDXS, "random", progress=False, seed=1).fingerprint != zero
+    assert _fingerprint(tiny_source) != zero
+
+
+def test_fingerprint_of_random_weights_follows_the_shipped_configs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from livediffusion_models.weights.fingerprint import random_fingerprint
+
+    shipped = random_fingerprint(SDXS, seed=0)
+    assert random_fingerprint(SDXS, seed=0) == shipped
+    assert random_fingerprint(TURBO, seed=0) != shipped
+    original = ModelSpec.read_config
+
+    def edited(self: ModelSpec, component: Any) -> dict[str, Any]:
+        config = original(self, component)
+        if component == "unet":
+            config["sample_size"] = 32
+        return config
+
+    monkeypatch.setattr(ModelSpec, "read_config", edited)
+    assert random_fingerprint(SDXS, seed=0) != shipped
