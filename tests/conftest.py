@@ -24,7 +24,7 @@ def tiny_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def make_tiny_backend(tiny_folder: Path) -> Callable[..., Any]:
     """Build a fresh TorchBackend on the CPU from the tiny folder (the real loading path)."""
-    from livediffusion_models.backends.torch_backend import TorchBackend
+    from livediffusion_models.backends.torch_backend import TorchBackend, TorchOptions
     from livediffusion_models.registry import get_model
     from livediffusion_models.weights import load_model
 
@@ -32,6 +32,6 @@ def make_tiny_backend(tiny_folder: Path) -> Callable[..., Any]:
         model = load_model(get_model("sdxs-512-0.9"), str(tiny_folder), progress=False)
         options.setdefault("size", TINY_MODEL_SIZE)
         options.setdefault("device", "cpu")
-        return TorchBackend.from_components(model, **options)
+        return TorchBackend.from_components(model, TorchOptions(**options))
 
     return make

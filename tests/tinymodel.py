@@ -109,3 +109,48 @@ def save_tiny_folder(
     }
     (root / "model_index.json").write_text(json.dumps(model_index, indent=2))
     return root
+
+
+@dataclass
+class TinyComponents:
+    """What conversion and the backends read from a ``LoadedModel``, for a tiny family model."""
+
+    unet: Any
+    vae: Any
+    text_encoder: Any
+    tokenizer: Any
+    scheduler_config: dict[str, Any]
+
+
+def make_tiny_family(model: str, seed: int = 0) -> TinyComponents:
+    """A tiny model of one registry family: the shipped UNet config, narrowed and shallowed.
+
+    Keeps each family's own block types, mid block, linear projections and layer counts
+    (what decides which ops a converter meets), shrinks only widths and head counts.
+    """
+    from diffusers import UNet2DConditionModel
+
+    from livediffusion_models.registry import get_model
+    from livediffusion_models.tokenizer import build_offline_tokenizer
+
+    spec = get_model(model)
+    config = spec.read_config("unet")
+    config = {k: v for k, v in config.items() if not k.startswith("_")}
+    widths = [max(32, c // 10) for c in config["block_out_channels"]]
+    config.update(
+        block_out_channels=widths,
+        attention_head_dim=8,
+        cross_attention_dim=TINY_EMBED_DIM,
+        norm_num_groups=8,
+        sample_size=TINY_SIZE // 8,
+    )
+    base = make_tiny_modules(seed)
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel.from_config(config).eval()
+    return TinyComponents(
+        unet=unet,
+        vae=base.vae,
+        text_encoder=base.text_encoder,
+        tokenizer=build_offline_tokenizer(pad_token=spec.pad_token),
+        scheduler_config=spec.read_config("scheduler"),
+    )

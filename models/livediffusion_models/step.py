@@ -27,13 +27,14 @@ so neither a new prompt nor a new seed ever produces a jump.
 
 from __future__ import annotations
 
+import inspect
 from enum import IntEnum
 from typing import Any
 
 import torch
 from torch import nn
 
-__all__ = ["Control", "FrameStep"]
+__all__ = ["STEP_OUTPUTS", "Control", "FrameStep", "step_inputs"]
 
 
 class Control(IntEnum):
@@ -51,6 +52,17 @@ class Control(IntEnum):
 
 
 NUM_CONTROLS = len(Control)
+
+STEP_OUTPUTS = ("output", "x0", "smoothed")
+"""Names of :meth:`FrameStep.forward`'s results, in order (a converted program uses them)."""
+
+
+def step_inputs() -> tuple[str, ...]:
+    """Names of :meth:`FrameStep.forward`'s inputs, in order, read from its signature.
+
+    A converted program names its inputs from this, so they cannot drift from the module.
+    """
+    return tuple(inspect.signature(FrameStep.forward).parameters)[1:]
 
 
 def _lerp(start: torch.Tensor, end: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:

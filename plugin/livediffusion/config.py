@@ -11,8 +11,10 @@ import sys
 from dataclasses import dataclass, field
 
 from livediffusion.controls import Controls
+from livediffusion_models.coreml import ComputeUnits, Precision, Target, Variant
+from livediffusion_models.imaging import FitMode
 
-__all__ = ["ServeConfig", "default_sink", "default_source", "parse_size"]
+__all__ = ["CoreMLSettings", "ServeConfig", "default_sink", "default_source", "parse_size"]
 
 SERVICE_NAME = "livediffusion"
 
@@ -44,16 +46,27 @@ def parse_size(text: str, *, multiple_of: int = 1) -> tuple[int, int]:
 
 
 @dataclass(frozen=True, slots=True)
+class CoreMLSettings:
+    """How the Core ML backend converts and runs (``convert``, ``serve``, ``bench``, ``doctor``)."""
+
+    variant: Variant = "fused"
+    precision: Precision = "fp16"
+    target: Target | None = None  # None: macOS15 on a Mac running 15+, else macOS14
+    compute_units: ComputeUnits = "cpu_and_gpu"
+    states: bool | None = None  # None: wherever the target allows (fused, fp16, macOS15)
+
+
+@dataclass(frozen=True, slots=True)
 class ServeConfig:
     source: str = ""
     sink: str = ""
     model: str = "sdxs-512-0.9"
     weights: str | None = None  # None: the model's hub id
-    backend: str = "torch"
+    backend: str = "auto"  # a name in livediffusion.backends.BACKENDS, or auto
     device: str = "auto"
     dtype: str = "auto"
     size: tuple[int, int] | None = None  # (height, width); None: the model's own
-    fit: str = "crop"
+    fit: FitMode = "crop"
     output_size: tuple[int, int] | None = None
     osc_host: str = "127.0.0.1"
     osc_port: int = 9000
@@ -61,6 +74,7 @@ class ServeConfig:
     prompt_glide: float = 0.5
     seed_glide: float = 0.5
     cache_dir: str | None = None
+    coreml: CoreMLSettings = field(default_factory=CoreMLSettings)
     status_interval: float = 1.0
     duration: float | None = None  # stop by itself after this many seconds (demos, soak)
 

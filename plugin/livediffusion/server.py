@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from typing import Any, TextIO
 
+from livediffusion.backends import build_backend
 from livediffusion.config import ServeConfig
 from livediffusion.controls import ControlStore
 from livediffusion.engine import Engine, EngineOptions
@@ -27,44 +28,6 @@ from livediffusion_models.backends import Backend
 __all__ = ["build_backend", "run_server"]
 
 log = logging.getLogger("livediffusion")
-
-
-def build_backend(config: ServeConfig) -> Backend:
-    """Load the model's weights and put them on the chosen device."""
-    from livediffusion_models.backends.torch_backend import (
-        TorchBackend,
-        resolve_device,
-        resolve_dtype,
-    )
-    from livediffusion_models.registry import get_model
-    from livediffusion_models.weights import load_model
-
-    if config.backend != "torch":
-        raise ValueError(f"backend {config.backend!r} is not available yet; use torch")
-    spec = get_model(config.model)
-    weights = config.weights or spec.hub_id
-    device = resolve_device(config.device)
-    dtype = resolve_dtype(config.dtype, device)
-    log.info("loading %s (%s weights) for %s %s", spec.name, weights, device, dtype)
-    started = time.monotonic()
-    model = load_model(spec, weights, cache_dir=config.cache_dir, progress=True, torch_dtype=dtype)
-    size = config.size or (spec.default_size, spec.default_size)
-    backend = TorchBackend.from_components(
-        model,
-        size=size,
-        device=device,
-        dtype=dtype,
-        fit=config.fit,  # type: ignore[arg-type]
-        seed=config.controls.seed,
-    )
-    log.info(
-        "model ready in %.1f s: %s at %dx%d",
-        time.monotonic() - started,
-        backend.name,
-        size[1],
-        size[0],
-    )
-    return backend
 
 
 class _StopDuringStartup(BaseException):

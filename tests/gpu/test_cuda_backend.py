@@ -43,13 +43,13 @@ def test_cuda_matches_cpu(make_tiny_backend: Callable[..., Any], dtype: torch.dt
 
 
 def test_real_sdxs_architecture_runs_in_float16() -> None:
-    from livediffusion_models.backends.torch_backend import TorchBackend
+    from livediffusion_models.backends.torch_backend import TorchBackend, TorchOptions
     from livediffusion_models.registry import get_model
     from livediffusion_models.weights import load_model
 
     model = load_model(get_model("sdxs-512-0.9"), "random", progress=False)
     backend = TorchBackend.from_components(
-        model, size=(512, 512), device="cuda", dtype=torch.float16
+        model, TorchOptions(size=(512, 512), device="cuda", dtype=torch.float16)
     )
     backend.set_prompt(backend.encode_prompt("neon jellyfish"))
     picture = _picture(720, 1280)

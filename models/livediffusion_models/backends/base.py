@@ -1,18 +1,69 @@
-"""What every backend offers the engine, and the per-frame values it is given."""
+"""What every backend offers the engine, the per-frame values it is given, and how it is built.
+
+The seam is typed end to end so that a misspelt option or a wrong embedding fails in mypy, not
+on stage: an embedding is a :data:`Embedding` (a torch tensor: every backend encodes prompts
+with the torch text encoder, Core ML included), the modules come as :class:`ModelComponents`,
+and the options as one frozen dataclass per backend (:class:`BackendOptions` and subclasses).
+"""
 
 from __future__ import annotations
 
 import abc
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
 
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["Backend", "FrameParams"]
+from livediffusion_models.imaging import FitMode
 
-Pixels = npt.NDArray[np.uint8]
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["Backend", "BackendOptions", "Embedding", "FrameParams", "ModelComponents", "Pixels"]
+
+Pixels: TypeAlias = npt.NDArray[np.uint8]
+
+Embedding: TypeAlias = "torch.Tensor"
+"""A prompt's text-encoder hidden states, ``(1, tokens, width)``, as ``encode_prompt`` made it."""
+
+StageTimer: TypeAlias = Callable[[], None]
+"""Runs one stage of the last frame again and returns once the hardware has finished it."""
+
+
+class ModelComponents(Protocol):
+    """The loaded modules a backend is built from (``weights.LoadedModel`` is one)."""
+
+    @property
+    def unet(self) -> Any:
+        """diffusers ``UNet2DConditionModel`` (diffusers ships no type information)."""
+
+    @property
+    def vae(self) -> Any:
+        """diffusers ``AutoencoderTiny``."""
+
+    @property
+    def text_encoder(self) -> Any:
+        """transformers ``CLIPTextModel``."""
+
+    @property
+    def tokenizer(self) -> Any:
+        """transformers ``CLIPTokenizer``."""
+
+    @property
+    def scheduler_config(self) -> Mapping[str, Any]: ...
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BackendOptions:
+    """What every backend is told: the model's resolution, how to fit pictures, the first seed."""
+
+    size: tuple[int, int]
+    """(height, width) the model runs at; a multiple of 64."""
+    fit: FitMode = "crop"
+    seed: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,11 +97,11 @@ class Backend(abc.ABC):
         """(height, width) the model runs at."""
 
     @abc.abstractmethod
-    def encode_prompt(self, text: str) -> Any:
+    def encode_prompt(self, text: str) -> Embedding:
         """Text -> an embedding this backend's ``set_prompt`` accepts. Thread-safe."""
 
     @abc.abstractmethod
-    def set_prompt(self, embedding: Any, *, from_mix: float = 1.0) -> None:
+    def set_prompt(self, embedding: Embedding, *, from_mix: float = 1.0) -> None:
         """Start fading to ``embedding`` from whatever was showing at ``from_mix``.
 
         The engine then raises ``prompt_mix`` from 0 to 1. The first call sets the prompt
@@ -72,6 +123,14 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def passthrough(self, pixels: Pixels, *, out: Pixels) -> None:
         """Scale the input into ``out`` as the model path would frame it, with no model."""
+
+    @abc.abstractmethod
+    def stage_timers(self) -> Mapping[str, StageTimer]:
+        """The parts of a frame that ``livediffusion bench`` times one by one.
+
+        Call after at least one :meth:`step`: each timer repeats its stage on that frame's
+        buffers and waits for the hardware, so wall time around it is the stage's time.
+        """
 
     def warmup(self, *, frames: int = 2) -> float:
         """Run a few grey frames at the model size; returns the seconds it took.

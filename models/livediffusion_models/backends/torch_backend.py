@@ -8,20 +8,28 @@ path needs: same buffers, captured once.
 
 from __future__ import annotations
 
-import math
-import threading
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
-from livediffusion_models.backends.base import Backend, FrameParams, Pixels
-from livediffusion_models.imaging import FitMode, Geometry, plan_geometry, to_model, to_pixels
+from livediffusion_models.backends.base import (
+    Backend,
+    BackendOptions,
+    Embedding,
+    FrameParams,
+    ModelComponents,
+    Pixels,
+    StageTimer,
+)
+from livediffusion_models.backends.inputs import StepInputs, TextEncoder
+from livediffusion_models.imaging import Geometry, plan_geometry, to_model, to_pixels
 from livediffusion_models.schedule import NoiseSchedule
-from livediffusion_models.step import NUM_CONTROLS, Control, FrameStep
+from livediffusion_models.step import FrameStep
 
-__all__ = ["TorchBackend", "resolve_device", "resolve_dtype"]
+__all__ = ["TorchBackend", "TorchOptions", "resolve_device", "resolve_dtype"]
 
 _DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 
@@ -53,6 +61,20 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
         raise ValueError(f"dtype must be auto or one of {sorted(_DTYPES)}, got {name!r}") from None
 
 
+def synchronize(device: torch.device) -> None:
+    """Wait for queued device work, so wall-clock time around a call is its real time."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TorchOptions(BackendOptions):
+    device: torch.device | str = "cpu"
+    dtype: torch.dtype = torch.float32
+
+
 @dataclass
 class _ShapeBuffers:
     """Everything that depends on the input and output shape; rebuilt when either changes."""
@@ -65,7 +87,7 @@ class _ShapeBuffers:
 
 
 class TorchBackend(Backend):
-    """Eager PyTorch. Build it with :meth:`from_components` (or the plugin's loader)."""
+    """Eager PyTorch. Build it with :meth:`from_components` (or the plugin's backend table)."""
 
     def __init__(
         self,
@@ -74,69 +96,49 @@ class TorchBackend(Backend):
         vae: Any,
         text_encoder: Any,
         tokenizer: Any,
-        scheduler_config: dict[str, Any],
-        size: tuple[int, int],
-        device: torch.device | str = "cpu",
-        dtype: torch.dtype = torch.float32,
-        fit: FitMode = "crop",
-        output_size: tuple[int, int] | None = None,
-        seed: int = 0,
+        scheduler_config: Mapping[str, Any],
+        options: TorchOptions,
     ) -> None:
-        self.device = torch.device(device)
-        self.dtype = dtype
-        self.fit: FitMode = fit
-        self.output_size = output_size
-        height, width = size
+        self.device = torch.device(options.device)
+        self.dtype = dtype = options.dtype
+        self.fit = options.fit
+        height, width = options.size
         scale = 2 ** (len(vae.config.encoder_block_out_channels) - 1)
         if height % (scale * 4) or width % (scale * 4):
             raise ValueError(f"model size {width}x{height} must be a multiple of {scale * 4}")
         self._size = (height, width)
         self.name = f"torch-{self.device.type} {str(dtype).removeprefix('torch.')}"
-        self.schedule = NoiseSchedule.from_scheduler_config(scheduler_config)
 
         for module in (unet, vae, text_encoder):
             if module.dtype != dtype:  # diffusers warns on every dtype cast, even a no-op
                 module.to(dtype=dtype)
             module.to(device=self.device).eval().requires_grad_(False)
         self.frame_step = FrameStep(unet, vae)
-        self.text_encoder = text_encoder
-        self.tokenizer = tokenizer
-        self._encode_lock = threading.Lock()
-
         latent_shape = (1, int(unet.config.in_channels), height // scale, width // scale)
-        embed_dim = int(unet.config.cross_attention_dim)
         max_length = int(getattr(tokenizer, "model_max_length", 77))
-
-        def zeros(*shape: int) -> torch.Tensor:
-            return torch.zeros(shape, device=self.device, dtype=dtype)
-
-        self._noise_shape = latent_shape
-        self._noise_from = zeros(*latent_shape)
-        self._noise_to = zeros(*latent_shape)
-        self._embeds_from = zeros(1, max_length, embed_dim)
-        self._embeds_to = zeros(1, max_length, embed_dim)
-        self._previous_x0 = zeros(*latent_shape)
-        self._previous_output = zeros(1, 3, height, width)
-        self._image = zeros(1, 3, height, width)
-        pin = self.device.type == "cuda"
-        self._controls_host = torch.zeros(NUM_CONTROLS, dtype=torch.float32, pin_memory=pin)
-        self._controls = torch.zeros(NUM_CONTROLS, dtype=torch.float32, device=self.device)
+        self.text = TextEncoder(text_encoder, tokenizer, device=self.device, tokens=max_length)
+        self.inputs = StepInputs(
+            latent_shape=latent_shape,
+            embed_shape=(1, max_length, int(unet.config.cross_attention_dim)),
+            schedule=NoiseSchedule.from_scheduler_config(scheduler_config),
+            device=self.device,
+            dtype=dtype,
+            seed=options.seed,
+        )
+        self._previous_x0 = torch.zeros(latent_shape, device=self.device, dtype=dtype)
+        self._previous_output = torch.zeros((1, 3, height, width), device=self.device, dtype=dtype)
+        self._image = torch.zeros((1, 3, height, width), device=self.device, dtype=dtype)
         self._shape: _ShapeBuffers | None = None
-        self._has_prompt = False
-        self._fresh = True
-        self._fill_noise(self._noise_to, seed)
-        self._noise_from.copy_(self._noise_to)
 
     @classmethod
-    def from_components(cls, components: Any, **options: Any) -> TorchBackend:
-        """From a ``LoadedModel`` (or anything with the same five attributes)."""
+    def from_components(cls, components: ModelComponents, options: TorchOptions) -> TorchBackend:
         return cls(
             unet=components.unet,
             vae=components.vae,
             text_encoder=components.text_encoder,
             tokenizer=components.tokenizer,
-            scheduler_config=dict(components.scheduler_config),
-            **options,
+            scheduler_config=components.scheduler_config,
+            options=options,
         )
 
     @property
@@ -145,47 +147,17 @@ class TorchBackend(Backend):
 
     # -- prompts and seeds -------------------------------------------------------------
 
-    @torch.inference_mode()
-    def encode_prompt(self, text: str) -> torch.Tensor:
-        tokens = self.tokenizer(
-            text,
-            padding="max_length",
-            max_length=self._embeds_to.shape[1],
-            truncation=True,
-            return_tensors="pt",
-        )
-        with self._encode_lock:
-            hidden: torch.Tensor = self.text_encoder(tokens.input_ids.to(self.device))[0]
-        return hidden.to(self.dtype)
+    def encode_prompt(self, text: str) -> Embedding:
+        return self.text.encode(text).to(self.dtype)
 
-    @torch.inference_mode()
-    def set_prompt(self, embedding: Any, *, from_mix: float = 1.0) -> None:
-        embedding = torch.as_tensor(embedding).to(device=self.device, dtype=self.dtype)
-        if embedding.shape != self._embeds_to.shape:
-            raise ValueError(
-                f"prompt embedding has shape {tuple(embedding.shape)}, "
-                f"the model wants {tuple(self._embeds_to.shape)}"
-            )
-        if not self._has_prompt:
-            self._embeds_from.copy_(embedding)
-        else:
-            self._embeds_from.lerp_(self._embeds_to, _clamp01(from_mix))
-        self._embeds_to.copy_(embedding)
-        self._has_prompt = True
+    def set_prompt(self, embedding: Embedding, *, from_mix: float = 1.0) -> None:
+        self.inputs.set_prompt(embedding, from_mix=from_mix)
 
-    def _fill_noise(self, target: torch.Tensor, seed: int) -> None:
-        generator = torch.Generator("cpu").manual_seed(seed)
-        noise = torch.randn(self._noise_shape, generator=generator, dtype=torch.float32)
-        target.copy_(noise)
-
-    @torch.inference_mode()
     def set_seed(self, seed: int, *, from_mix: float = 1.0) -> None:
-        cos, sin = _seed_weights(from_mix)
-        self._noise_from.mul_(cos).add_(self._noise_to, alpha=sin)
-        self._fill_noise(self._noise_to, seed)
+        self.inputs.set_seed(seed, from_mix=from_mix)
 
     def reset(self) -> None:
-        self._fresh = True
+        self.inputs.reset()
 
     # -- frames --------------------------------------------------------------------------
 
@@ -223,73 +195,93 @@ class TorchBackend(Backend):
         to_model(self._upload(pixels, buffers), buffers.geometry, out=self._image, pad=first)
         buffers.padded = True
 
-    def _download(self, result: torch.Tensor, out: Pixels) -> None:
-        torch.from_numpy(out).copy_(result)
+    def _to_pixels(self, image: torch.Tensor, buffers: _ShapeBuffers, out: Pixels) -> None:
+        target = torch.from_numpy(out) if buffers.staging is None else buffers.pixels_out
+        to_pixels(image, buffers.geometry, out=target)
+        if buffers.staging is not None:
+            torch.from_numpy(out).copy_(target)
 
     @torch.inference_mode()
     def step(self, pixels: Pixels, params: FrameParams, *, out: Pixels) -> None:
-        if not self._has_prompt:
-            raise RuntimeError("set_prompt() must be called before the first frame")
+        controls = self.inputs.update_controls(params)
         buffers = self._buffers_for(pixels, out)
         self._to_model(pixels, buffers)
-
-        level = self.schedule.at_strength(params.strength)
-        cos, sin = _seed_weights(params.seed_mix)
-        host = self._controls_host
-        host[Control.TIMESTEP] = level.timestep
-        host[Control.SQRT_ALPHA] = level.sqrt_alpha
-        host[Control.SQRT_ONE_MINUS_ALPHA] = level.sqrt_one_minus_alpha
-        host[Control.FEEDBACK] = 0.0 if self._fresh else _clamp01(params.feedback)
-        host[Control.SMOOTHING] = 0.0 if self._fresh else _clamp01(params.smoothing)
-        host[Control.BLEND] = _clamp01(params.blend)
-        host[Control.PROMPT_MIX] = _clamp01(params.prompt_mix)
-        host[Control.NOISE_FROM] = cos
-        host[Control.NOISE_TO] = sin
-        self._controls.copy_(host, non_blocking=True)
-
-        output, x0, smoothed = self.frame_step(
-            self._image,
-            self._noise_from,
-            self._noise_to,
-            self._embeds_from,
-            self._embeds_to,
-            self._previous_x0,
-            self._previous_output,
-            self._controls,
-        )
+        output, x0, smoothed = self._run_step(controls)
         self._previous_x0.copy_(x0)
         self._previous_output.copy_(smoothed)
-        self._fresh = False
-        target = torch.from_numpy(out) if buffers.staging is None else buffers.pixels_out
-        to_pixels(output, buffers.geometry, out=target)
-        if buffers.staging is not None:
-            self._download(target, out)
+        self._to_pixels(output, buffers, out)
+
+    def _run_step(self, controls: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        inputs = self.inputs
+        return self.frame_step(  # type: ignore[no-any-return]
+            self._image,
+            inputs.noise_from,
+            inputs.noise_to,
+            inputs.embeds_from,
+            inputs.embeds_to,
+            self._previous_x0,
+            self._previous_output,
+            controls,
+        )
 
     @torch.inference_mode()
     def passthrough(self, pixels: Pixels, *, out: Pixels) -> None:
         buffers = self._buffers_for(pixels, out)
         self._to_model(pixels, buffers)
-        target = torch.from_numpy(out) if buffers.staging is None else buffers.pixels_out
-        to_pixels(self._image, buffers.geometry, out=target)
-        if buffers.staging is not None:
-            self._download(target, out)
+        self._to_pixels(self._image, buffers, out)
+
+    def stage_timers(self) -> Mapping[str, StageTimer]:
+        if self._shape is None:
+            raise RuntimeError("run one step() before timing its stages")
+        buffers = self._shape
+        pixels = np.full((*buffers.geometry.input_size, 4), 128, dtype=np.uint8)
+        out = np.empty((*buffers.geometry.output_size, 4), dtype=np.uint8)
+        vae, unet = self.frame_step.vae, self.frame_step.unet
+        device = self.device
+        controls = self.inputs.controls
+        latents = self._previous_x0.clone()
+        embeds = self.inputs.embeds_to
+
+        @torch.inference_mode()
+        def pre() -> None:
+            self._to_model(pixels, buffers)
+            synchronize(device)
+
+        @torch.inference_mode()
+        def encode() -> None:
+            vae.encode(self._image)
+            synchronize(device)
+
+        @torch.inference_mode()
+        def denoise() -> None:
+            unet(latents, controls[0], encoder_hidden_states=embeds, return_dict=False)
+            synchronize(device)
+
+        @torch.inference_mode()
+        def decode() -> None:
+            vae.decode(latents)
+            synchronize(device)
+
+        @torch.inference_mode()
+        def post() -> None:
+            self._to_pixels(self._previous_output, buffers, out)
+            synchronize(device)
+
+        @torch.inference_mode()
+        def frame() -> None:
+            self.step(pixels, FrameParams(), out=out)
+            synchronize(device)
+
+        return {
+            "pre": pre,
+            "encode": encode,
+            "unet": denoise,
+            "decode": decode,
+            "post": post,
+            "frame": frame,
+        }
 
     def close(self) -> None:
         self._shape = None
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
-
-
-def _clamp01(value: float) -> float:
-    return 0.0 if not value > 0.0 else min(value, 1.0)
-
-
-def _seed_weights(mix: float) -> tuple[float, float]:
-    """(cos, sin) of the glide angle, exact at both ends so a settled seed is exactly its noise."""
-    mix = _clamp01(mix)
-    if mix >= 1.0:
-        return 0.0, 1.0
-    if mix <= 0.0:
-        return 1.0, 0.0
-    angle = mix * math.pi / 2
-    return math.cos(angle), math.sin(angle)

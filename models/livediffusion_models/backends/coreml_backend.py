@@ -1,0 +1,361 @@
+"""The Core ML backend: converted :class:`FrameStep` programs on Apple Silicon.
+
+``fused`` runs the whole frame in one ``predict``; with Core ML states (macOS15 target) the
+temporal state never leaves the device. ``stages`` runs the encoder, UNet and decoder as three
+programs and the glue math through an unchanged :class:`FrameStep` whose modules are the
+programs, so both variants compute the one frame step there is.
+
+The text encoder stays on torch (MPS where available, else the CPU): it runs only when the
+prompt changes, on the prompt thread, never on the frame path.
+
+Host copies per frame (fused), from the picture in numpy to the picture back in numpy:
+
+1. ``to_model``: RGBA uint8 -> float32 planar ``[-1, 1]`` (crop or letterbox and resize in the
+   same pass), into a buffer whose numpy view is already in the feed;
+2. coremltools hands each feed array to Core ML, which copies it into its own buffer;
+3. the output arrives as a new numpy array (fp16 at fp16 precision) and is copied into a
+   float32 buffer, which ``to_pixels`` turns into RGBA uint8 in ``out``.
+
+Without states, ``x0`` and ``smoothed`` also come back to numpy and are copied into the next
+frame's feed: two more copies in and out, which states remove.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import numpy.typing as npt
+import torch
+
+from livediffusion_models.backends.base import (
+    Backend,
+    BackendOptions,
+    Embedding,
+    FrameParams,
+    ModelComponents,
+    Pixels,
+    StageTimer,
+)
+from livediffusion_models.backends.inputs import StepInputs, TextEncoder
+from livediffusion_models.coreml import ComputeUnits, Precision, Target, Variant
+from livediffusion_models.coreml.cache import ConvertedModel
+from livediffusion_models.coreml.runtime import Program
+from livediffusion_models.imaging import Geometry, plan_geometry, to_model, to_pixels
+from livediffusion_models.schedule import NoiseSchedule
+from livediffusion_models.step import FrameStep
+
+if TYPE_CHECKING:
+    from livediffusion_models.weights import LoadedModel
+
+__all__ = ["CoreMLBackend", "CoreMLOptions"]
+
+Float32 = npt.NDArray[np.float32]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CoreMLOptions(BackendOptions):
+    variant: Variant = "fused"
+    precision: Precision = "fp16"
+    target: Target = "macOS14"
+    stateful: bool | None = None
+    """None: states wherever the target allows them (fused, fp16, macOS15)."""
+    compute_units: ComputeUnits = "cpu_and_gpu"
+    text_device: str = "auto"
+    """Torch device of the text encoder: auto = mps where available, else cpu."""
+    cache_dir: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Encoded:
+    latents: torch.Tensor
+
+
+@dataclass(frozen=True, slots=True)
+class _Decoded:
+    sample: torch.Tensor
+
+
+class _ProgramVAE:
+    """The encoder and decoder programs behind the two calls FrameStep makes on a TAESD."""
+
+    def __init__(self, encoder: Program, decoder: Program, config: Any) -> None:
+        self.encoder = encoder
+        self.decoder = decoder
+        self.config = config
+
+    def encode(self, image: torch.Tensor) -> _Encoded:
+        result = self.encoder.predict({"image": _as_float32(image)})
+        return _Encoded(torch.from_numpy(result["latents"]).float())
+
+    def decode(self, latents: torch.Tensor) -> _Decoded:
+        result = self.decoder.predict({"latents": _as_float32(latents)})
+        return _Decoded(torch.from_numpy(result["image"]).float())
+
+
+class _ProgramUNet:
+    """The UNet program behind ``unet(sample, t, encoder_hidden_states=..., return_dict=False)``."""
+
+    def __init__(self, program: Program, config: Any) -> None:
+        self.program = program
+        self.config = config
+
+    def __call__(
+        self,
+        sample: torch.Tensor,
+        timestep: torch.Tensor,
+        *,
+        encoder_hidden_states: torch.Tensor,
+        return_dict: bool = False,
+    ) -> tuple[torch.Tensor]:
+        feed = {
+            "sample": _as_float32(sample),
+            "timestep": _as_float32(timestep.reshape(1)),
+            "encoder_hidden_states": _as_float32(encoder_hidden_states),
+        }
+        return (torch.from_numpy(self.program.predict(feed)["eps"]).float(),)
+
+
+def _as_float32(tensor: torch.Tensor) -> Float32:
+    array: Float32 = np.ascontiguousarray(tensor.detach().numpy(), dtype=np.float32)
+    return array
+
+
+def _text_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("mps" if torch.backends.mps.is_available() else "cpu")
+    return torch.device(name)
+
+
+class CoreMLBackend(Backend):
+    """Build it with :meth:`from_components`; the constructor takes already-loaded programs."""
+
+    def __init__(
+        self,
+        *,
+        components: ModelComponents,
+        converted: ConvertedModel,
+        programs: Mapping[str, Program],
+        options: CoreMLOptions,
+    ) -> None:
+        key = converted.key
+        if tuple(options.size) != tuple(key.size):
+            raise ValueError(f"programs were converted for {key.size}, not {options.size}")
+        missing = set(converted.programs) - set(programs)
+        if missing:
+            raise ValueError(f"programs not loaded: {', '.join(sorted(missing))}")
+        self.fit = options.fit
+        self.variant: Variant = key.variant
+        self.stateful = key.stateful
+        self.converted = converted
+        self._programs = dict(programs)
+        self._size = key.size
+        state = "+state" if key.stateful else ""
+        self.name = f"coreml-{key.variant}{state} {key.precision} {options.compute_units}"
+
+        text_device = _text_device(options.text_device)
+        text_dtype = torch.float32 if text_device.type == "cpu" else torch.float16
+        components.text_encoder.to(device=text_device, dtype=text_dtype)
+        components.text_encoder.eval().requires_grad_(False)
+
+        if key.variant == "fused":
+            interface = converted.programs["step"].inputs
+            latent_shape, embed_shape = interface["noise_from"], interface["embeds_from"]
+        else:
+            interface = converted.programs["unet"].inputs
+            latent_shape, embed_shape = interface["sample"], interface["encoder_hidden_states"]
+        self.text = TextEncoder(
+            components.text_encoder, components.tokenizer, device=text_device, tokens=embed_shape[1]
+        )
+        cpu = torch.device("cpu")
+        self.inputs = StepInputs(
+            latent_shape=(latent_shape[0], latent_shape[1], latent_shape[2], latent_shape[3]),
+            embed_shape=(embed_shape[0], embed_shape[1], embed_shape[2]),
+            schedule=NoiseSchedule.from_scheduler_config(components.scheduler_config),
+            device=cpu,
+            dtype=torch.float32,
+            seed=options.seed,
+        )
+        height, width = self._size
+        self._image = torch.zeros((1, 3, height, width))
+        self._previous_x0 = torch.zeros(tuple(latent_shape))
+        self._previous_output = torch.zeros((1, 3, height, width))
+        self._result = torch.zeros((1, 3, height, width))
+        self._geometry: Geometry | None = None
+        self._padded = False
+
+        self._state: Any = None
+        self._frame_step: FrameStep | None = None
+        self._feed: dict[str, Float32] = {}
+        if key.variant == "fused":
+            step = self._programs["step"]
+            views = {
+                "image": self._image.numpy(),
+                "noise_from": self.inputs.noise_from.numpy(),
+                "noise_to": self.inputs.noise_to.numpy(),
+                "embeds_from": self.inputs.embeds_from.numpy(),
+                "embeds_to": self.inputs.embeds_to.numpy(),
+                "previous_x0": self._previous_x0.numpy(),
+                "previous_output": self._previous_output.numpy(),
+                "controls": self.inputs.controls.numpy(),
+            }
+            unknown = set(interface) - set(views)
+            if unknown:
+                raise ValueError(f"the step program wants unknown inputs: {sorted(unknown)}")
+            # Views share memory with the tensors updated in place: the feed is built once.
+            self._feed = {name: views[name] for name in interface}
+            if key.stateful:
+                self._state = step.make_state()
+        else:
+            vae = _ProgramVAE(
+                self._programs["encoder"], self._programs["decoder"], components.vae.config
+            )
+            self._frame_step = FrameStep(
+                _ProgramUNet(self._programs["unet"], components.unet.config), vae
+            )
+
+    @classmethod
+    def from_components(cls, components: LoadedModel, options: CoreMLOptions) -> CoreMLBackend:
+        """Convert (or find in the cache), compile, load: the whole way from torch modules."""
+        from livediffusion_models.coreml.convert import convert
+        from livediffusion_models.coreml.runtime import load_programs, require_runtime
+
+        require_runtime()  # fail before minutes of conversion, not after
+        converted = convert(
+            components,
+            model=components.spec.name,
+            fingerprint=components.fingerprint,
+            size=options.size,
+            precision=options.precision,
+            target=options.target,
+            variant=options.variant,
+            stateful=options.stateful,
+            cache_dir=options.cache_dir,
+        )
+        programs = load_programs(converted, compute_units=options.compute_units)
+        return cls(components=components, converted=converted, programs=programs, options=options)
+
+    @property
+    def model_size(self) -> tuple[int, int]:
+        return self._size
+
+    # -- prompts and seeds -------------------------------------------------------------
+
+    def encode_prompt(self, text: str) -> Embedding:
+        return self.text.encode(text).to(device="cpu", dtype=torch.float32)
+
+    def set_prompt(self, embedding: Embedding, *, from_mix: float = 1.0) -> None:
+        self.inputs.set_prompt(embedding, from_mix=from_mix)
+
+    def set_seed(self, seed: int, *, from_mix: float = 1.0) -> None:
+        self.inputs.set_seed(seed, from_mix=from_mix)
+
+    def reset(self) -> None:
+        self.inputs.reset()
+
+    # -- frames --------------------------------------------------------------------------
+
+    def _geometry_for(self, pixels: Pixels, out: Pixels) -> Geometry:
+        in_size = (int(pixels.shape[0]), int(pixels.shape[1]))
+        out_size = (int(out.shape[0]), int(out.shape[1]))
+        current = self._geometry
+        if (
+            current is not None
+            and current.input_size == in_size
+            and current.output_size == out_size
+        ):
+            return current
+        self._geometry = plan_geometry(in_size, self._size, output_size=out_size, fit=self.fit)
+        self._padded = False
+        return self._geometry
+
+    def _to_model(self, pixels: Pixels, geometry: Geometry) -> None:
+        # The letterbox padding never changes for one geometry: paint it on its first frame.
+        to_model(torch.from_numpy(pixels), geometry, out=self._image, pad=not self._padded)
+        self._padded = True
+
+    @torch.inference_mode()
+    def step(self, pixels: Pixels, params: FrameParams, *, out: Pixels) -> None:
+        controls = self.inputs.update_controls(params)
+        geometry = self._geometry_for(pixels, out)
+        self._to_model(pixels, geometry)
+        if self._frame_step is None:
+            self._run_fused()
+        else:
+            self._run_stages(controls)
+        to_pixels(self._result, geometry, out=torch.from_numpy(out))
+
+    def _run_fused(self) -> None:
+        result = self._programs["step"].predict(self._feed, state=self._state)
+        if not self.stateful:
+            np.copyto(self._feed["previous_x0"], result["x0"])
+            np.copyto(self._feed["previous_output"], result["smoothed"])
+        np.copyto(self._result.numpy(), result["output"])
+
+    def _run_stages(self, controls: torch.Tensor) -> None:
+        assert self._frame_step is not None
+        inputs = self.inputs
+        output, x0, smoothed = self._frame_step(
+            self._image,
+            inputs.noise_from,
+            inputs.noise_to,
+            inputs.embeds_from,
+            inputs.embeds_to,
+            self._previous_x0,
+            self._previous_output,
+            controls,
+        )
+        self._previous_x0.copy_(x0)
+        self._previous_output.copy_(smoothed)
+        self._result.copy_(output)
+
+    @torch.inference_mode()
+    def passthrough(self, pixels: Pixels, *, out: Pixels) -> None:
+        geometry = self._geometry_for(pixels, out)
+        self._to_model(pixels, geometry)
+        to_pixels(self._image, geometry, out=torch.from_numpy(out))
+
+    def stage_timers(self) -> Mapping[str, StageTimer]:
+        geometry = self._geometry
+        if geometry is None:
+            raise RuntimeError("run one step() before timing its stages")
+        pixels = np.full((*geometry.input_size, 4), 128, dtype=np.uint8)
+        out = np.empty((*geometry.output_size, 4), dtype=np.uint8)
+        timers: dict[str, StageTimer] = {}
+
+        @torch.inference_mode()
+        def pre() -> None:
+            self._to_model(pixels, geometry)
+
+        timers["pre"] = pre
+        if self._frame_step is None:
+            timers["step"] = self._run_fused
+        else:
+            vae = self._frame_step.vae
+            unet = self._frame_step.unet
+            image = self._image
+            latents = self._previous_x0
+            embeds = self.inputs.embeds_to
+            timestep = self.inputs.controls[0]
+            timers["encode"] = lambda: vae.encode(image)
+            timers["unet"] = lambda: unet(latents, timestep, encoder_hidden_states=embeds)
+            timers["decode"] = lambda: vae.decode(latents)
+
+        @torch.inference_mode()
+        def post() -> None:
+            to_pixels(self._result, geometry, out=torch.from_numpy(out))
+
+        @torch.inference_mode()
+        def frame() -> None:
+            self.step(pixels, FrameParams(), out=out)
+
+        timers["post"] = post
+        timers["frame"] = frame
+        return timers
+
+    def close(self) -> None:
+        self._programs.clear()
+        self._state = None
+        self._frame_step = None

@@ -1,0 +1,110 @@
+"""Core ML for Apple Silicon: convert :class:`FrameStep` into ML programs, cache and load them.
+
+Importing this package is cheap (no torch, no coremltools): the CLI reads the choices and
+defaults from it. The work lives in submodules, imported only when used:
+
+* ``programs``: the torch modules that are exported (the fused step, its stateful wrapper,
+  the three stages), with their input and output names;
+* ``convert``: ``torch.export`` -> coremltools -> ``.mlpackage`` in the cache (runs anywhere);
+* ``cache``: where converted programs live and the key that keeps a stale one from loading;
+* ``runtime``: loading compiled programs with Core ML itself (macOS only).
+"""
+
+from __future__ import annotations
+
+import platform
+import sys
+from importlib import metadata
+from importlib.util import find_spec
+from typing import Literal
+
+from livediffusion_models.errors import ModelError
+
+__all__ = [
+    "COMPUTE_UNITS",
+    "PRECISIONS",
+    "PSNR_PASS_DB",
+    "TARGETS",
+    "VARIANTS",
+    "ComputeUnits",
+    "CoreMLUnavailableError",
+    "Precision",
+    "Target",
+    "Variant",
+    "coremltools_version",
+    "default_target",
+    "macos_version",
+    "require_coremltools",
+    "runtime_available",
+]
+
+Variant = Literal["fused", "stages"]
+VARIANTS: tuple[Variant, ...] = ("fused", "stages")
+Precision = Literal["fp16", "fp32"]
+PRECISIONS: tuple[Precision, ...] = ("fp16", "fp32")
+Target = Literal["macOS14", "macOS15"]
+TARGETS: tuple[Target, ...] = ("macOS14", "macOS15")
+ComputeUnits = Literal["cpu_and_gpu", "all", "cpu_and_ne"]
+COMPUTE_UNITS: tuple[ComputeUnits, ...] = ("cpu_and_gpu", "all", "cpu_and_ne")
+"""``cpu_and_gpu`` first: the source paper measured the Neural Engine 6x slower for this UNet."""
+
+INSTALL_HINT = 'pip install "livediffusion[mac]"'
+
+PSNR_PASS_DB = 35.0
+"""Core ML against torch on the same inputs: below this a program visibly differs."""
+
+
+class CoreMLUnavailableError(ModelError):
+    """coremltools is missing, or the Core ML runtime is asked for off macOS."""
+
+
+def coremltools_version() -> str | None:
+    """The installed coremltools version, without importing it (the import takes seconds)."""
+    try:
+        return metadata.version("coremltools")
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def require_coremltools() -> str:
+    """Return coremltools' version, or say in one sentence what to install."""
+    version = coremltools_version()
+    if version is None or find_spec("coremltools") is None:
+        raise CoreMLUnavailableError(
+            f"the Core ML backend needs coremltools, which is not installed: run `{INSTALL_HINT}`"
+        )
+    return version
+
+
+def macos_version(release: str | None = None) -> tuple[int, ...]:
+    """(major, minor) of the running macOS; () elsewhere."""
+    if sys.platform != "darwin" and release is None:
+        return ()
+    text = release if release is not None else platform.mac_ver()[0]
+    try:
+        return tuple(int(part) for part in text.split(".")[:2])
+    except ValueError:
+        return ()
+
+
+def runtime_available() -> bool:
+    """Whether Core ML itself can load and run programs here (macOS 14+ with coremltools).
+
+    Conversion works everywhere; prediction needs Apple's framework, which coremltools
+    reaches through its native module ``libcoremlpython``, shipped only in macOS wheels.
+    """
+    if sys.platform != "darwin" or macos_version() < (14,):
+        return False
+    return (
+        find_spec("coremltools") is not None
+        and find_spec("coremltools.libcoremlpython") is not None
+    )
+
+
+def default_target() -> Target:
+    """macOS15 (Core ML states, fused attention) where this Mac runs 15+, else macOS14.
+
+    Off macOS the oldest supported target, so a package prepared elsewhere loads on any
+    Apple Silicon Mac that runs livediffusion; pass ``--target macOS15`` for a newer one.
+    """
+    return "macOS15" if macos_version() >= (15,) else "macOS14"

@@ -1,0 +1,195 @@
+"""Backends by name: the one table ``serve``, ``bench`` and ``doctor`` choose from.
+
+Each row says what the backend needs before any weights are loaded (so a Linux user asking
+for Core ML hears why in one sentence, not after a minute of loading), which dtype to load
+weights in, and how to build it from loaded weights. ``auto`` is Core ML on Apple Silicon
+when coremltools is installed (the paper's one effective speed-up on a Mac), else torch.
+"""
+
+from __future__ import annotations
+
+import logging
+import platform
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import TYPE_CHECKING
+
+from livediffusion.config import CoreMLSettings, ServeConfig
+from livediffusion_models.backends import Backend
+
+if TYPE_CHECKING:
+    import torch
+
+    from livediffusion_models.backends.coreml_backend import CoreMLOptions
+    from livediffusion_models.imaging import FitMode
+    from livediffusion_models.weights import LoadedModel
+
+__all__ = ["BACKENDS", "BackendChoice", "build_backend", "choose_backend"]
+
+log = logging.getLogger("livediffusion")
+
+
+@dataclass(frozen=True)
+class BackendChoice:
+    description: str
+    check: Callable[[ServeConfig], None]
+    """Raise with one sentence if this backend cannot run here; cheap, before any loading."""
+    load_dtype: Callable[[ServeConfig], torch.dtype]
+    build: Callable[[ServeConfig, LoadedModel], Backend]
+
+
+def _model_size(config: ServeConfig, model: LoadedModel) -> tuple[int, int]:
+    return config.size or (model.spec.default_size, model.spec.default_size)
+
+
+# -- torch --------------------------------------------------------------------------------
+
+
+def _torch_check(config: ServeConfig) -> None:
+    from livediffusion_models.backends.torch_backend import resolve_device
+
+    resolve_device(config.device)
+
+
+def _torch_dtype(config: ServeConfig) -> torch.dtype:
+    from livediffusion_models.backends.torch_backend import resolve_device, resolve_dtype
+
+    return resolve_dtype(config.dtype, resolve_device(config.device))
+
+
+def _torch_build(config: ServeConfig, model: LoadedModel) -> Backend:
+    from livediffusion_models.backends.torch_backend import (
+        TorchBackend,
+        TorchOptions,
+        resolve_device,
+    )
+
+    device = resolve_device(config.device)
+    options = TorchOptions(
+        size=_model_size(config, model),
+        fit=config.fit,
+        seed=config.controls.seed,
+        device=device,
+        dtype=_torch_dtype(config),
+    )
+    return TorchBackend.from_components(model, options)
+
+
+# -- Core ML --------------------------------------------------------------------------------
+
+
+def _coreml_check(config: ServeConfig) -> None:
+    from livediffusion_models.coreml.runtime import require_runtime
+
+    require_runtime()
+
+
+def _coreml_dtype(config: ServeConfig) -> torch.dtype:
+    import torch
+
+    return torch.float32  # export traces in float32; the converter applies the precision
+
+
+def coreml_options(
+    settings: CoreMLSettings,
+    *,
+    size: tuple[int, int],
+    fit: FitMode = "crop",
+    seed: int = 0,
+    cache_dir: str | None = None,
+) -> CoreMLOptions:
+    """Plugin settings -> the backend's typed options (one place, for serve/bench/doctor)."""
+    from livediffusion_models.backends.coreml_backend import CoreMLOptions
+    from livediffusion_models.coreml import default_target
+
+    return CoreMLOptions(
+        size=size,
+        fit=fit,
+        seed=seed,
+        variant=settings.variant,
+        precision=settings.precision,
+        target=settings.target or default_target(),
+        stateful=settings.states,
+        compute_units=settings.compute_units,
+        cache_dir=cache_dir,
+    )
+
+
+def _coreml_build(config: ServeConfig, model: LoadedModel) -> Backend:
+    from livediffusion_models.backends.coreml_backend import CoreMLBackend
+
+    options = coreml_options(
+        config.coreml,
+        size=_model_size(config, model),
+        fit=config.fit,
+        seed=config.controls.seed,
+        cache_dir=config.cache_dir,
+    )
+    log.info(
+        "Core ML: %s programs for %s (converted once per model, size and settings; "
+        "the first conversion of a full-size model takes minutes)",
+        options.variant,
+        options.target,
+    )
+    return CoreMLBackend.from_components(model, options)
+
+
+BACKENDS: Mapping[str, BackendChoice] = MappingProxyType(
+    {
+        "torch": BackendChoice(
+            description="PyTorch on cuda, mps or cpu (--device)",
+            check=_torch_check,
+            load_dtype=_torch_dtype,
+            build=_torch_build,
+        ),
+        "coreml": BackendChoice(
+            description="Core ML on Apple Silicon (macOS 14+; pip install 'livediffusion[mac]')",
+            check=_coreml_check,
+            load_dtype=_coreml_dtype,
+            build=_coreml_build,
+        ),
+    }
+)
+
+
+def choose_backend(name: str) -> str:
+    """``auto`` -> coreml on Apple Silicon with a usable Core ML runtime, else torch."""
+    if name != "auto":
+        if name not in BACKENDS:
+            raise ValueError(f"backend must be auto or one of {', '.join(BACKENDS)}, got {name!r}")
+        return name
+    from livediffusion_models.coreml import runtime_available
+
+    if sys.platform == "darwin" and platform.machine() == "arm64" and runtime_available():
+        return "coreml"
+    return "torch"
+
+
+def build_backend(config: ServeConfig) -> Backend:
+    """Check the backend can run here, load the weights, build it."""
+    import time
+
+    from livediffusion_models.registry import get_model
+    from livediffusion_models.weights import load_model
+
+    name = choose_backend(config.backend)
+    choice = BACKENDS[name]
+    choice.check(config)
+    spec = get_model(config.model)
+    weights = config.weights or spec.hub_id
+    dtype = choice.load_dtype(config)
+    log.info("loading %s (%s weights) for the %s backend", spec.name, weights, name)
+    started = time.monotonic()
+    model = load_model(spec, weights, cache_dir=config.cache_dir, progress=True, torch_dtype=dtype)
+    backend = choice.build(config, model)
+    height, width = backend.model_size
+    log.info(
+        "model ready in %.1f s: %s at %dx%d",
+        time.monotonic() - started,
+        backend.name,
+        width,
+        height,
+    )
+    return backend
