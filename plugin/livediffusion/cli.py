@@ -1,14 +1,27 @@
-"""The ``livediffusion`` command: ``serve``, ``sources``, ``download``, ``models``."""
+"""The ``livediffusion`` command: serve, sources, download, convert, bench, doctor, models, osc."""
 
 from __future__ import annotations
 
 import argparse
+import atexit
+import contextlib
 import logging
+import os
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
-from livediffusion.config import ServeConfig, default_sink, default_source, parse_size
+from livediffusion.backends import BACKENDS
+from livediffusion.config import (
+    CoreMLSettings,
+    ServeConfig,
+    default_sink,
+    default_source,
+    parse_size,
+)
 from livediffusion.controls import CONTROL_ADDRESSES, Controls
+from livediffusion_models.coreml import COMPUTE_UNITS, PRECISIONS, TARGETS, VARIANTS
+from livediffusion_models.registry import DEFAULT_MODEL
 
 __all__ = ["build_parser", "main"]
 
@@ -34,6 +47,78 @@ def _unit(text: str) -> float:
     if not 0.0 <= value <= 1.0:
         raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {value}")
     return value
+
+
+def _add_model_arguments(
+    parser: argparse.ArgumentParser,
+    *,
+    weights_help: str = "hub id (default: the model's), a local diffusers folder, or random",
+    backend: bool = True,
+) -> None:
+    model = parser.add_argument_group("model")
+    model.add_argument("--model", default=DEFAULT_MODEL, help="see `livediffusion models`")
+    model.add_argument("--weights", metavar="HUB_ID|PATH|random", help=weights_help)
+    if backend:
+        model.add_argument(
+            "--backend",
+            choices=("auto", *BACKENDS),
+            default="auto",
+            help="auto: coreml on Apple Silicon with coremltools installed, else torch",
+        )
+        model.add_argument(
+            "--device",
+            choices=("auto", "cuda", "mps", "cpu"),
+            default="auto",
+            help="torch backend: auto = cuda, then mps, then cpu",
+        )
+        model.add_argument(
+            "--dtype",
+            choices=("auto", "float16", "bfloat16", "float32"),
+            default="auto",
+            help="torch backend: auto = float16 on GPUs, float32 on the CPU",
+        )
+    model.add_argument("--cache-dir", metavar="DIR", help="where weights and converted models live")
+
+
+def _add_coreml_arguments(parser: argparse.ArgumentParser) -> None:
+    coreml = parser.add_argument_group("Core ML (Apple Silicon)")
+    coreml.add_argument(
+        "--variant",
+        choices=VARIANTS,
+        default="fused",
+        help="fused: the whole frame in one program (default); stages: encoder, UNet and "
+        "decoder as three programs, as the paper did",
+    )
+    coreml.add_argument("--precision", choices=PRECISIONS, default="fp16")
+    coreml.add_argument(
+        "--target",
+        choices=TARGETS,
+        help="oldest macOS the programs run on (default: macOS15 on a Mac running 15+, "
+        "else macOS14); macOS15 keeps the temporal state on the device (Core ML states)",
+    )
+    coreml.add_argument(
+        "--compute-units",
+        choices=COMPUTE_UNITS,
+        default="cpu_and_gpu",
+        help="default cpu_and_gpu: the paper measured the Neural Engine 6x slower for this UNet",
+    )
+    coreml.add_argument(
+        "--states",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="Core ML states for the temporal state (auto: on where the target allows)",
+    )
+
+
+def _coreml_settings(args: argparse.Namespace) -> CoreMLSettings:
+    states = {"auto": None, "on": True, "off": False}[args.states]
+    return CoreMLSettings(
+        variant=args.variant,
+        precision=args.precision,
+        target=args.target,
+        compute_units=args.compute_units,
+        states=states,
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -75,21 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
     frames.add_argument(
         "--output-size", type=_size, metavar="WxH", help="output resolution (default: the input's)"
     )
-    model = serve.add_argument_group("model")
-    model.add_argument("--model", default="sdxs-512-0.9", help="see `livediffusion models`")
-    model.add_argument(
-        "--weights",
-        metavar="HUB_ID|PATH|random",
-        help="hub id (default: the model's), a local diffusers folder, or random",
-    )
-    model.add_argument("--device", choices=("auto", "cuda", "mps", "cpu"), default="auto")
-    model.add_argument(
-        "--dtype",
-        choices=("auto", "float16", "bfloat16", "float32"),
-        default="auto",
-        help="auto: float16 on GPUs, float32 on the CPU",
-    )
-    model.add_argument("--cache-dir", metavar="DIR", help="where downloaded weights live")
+    _add_model_arguments(serve)
+    _add_coreml_arguments(serve)
     look = serve.add_argument_group("starting look (all changeable over OSC)")
     look.add_argument("--prompt", default=defaults.prompt)
     look.add_argument(
@@ -122,6 +194,58 @@ def build_parser() -> argparse.ArgumentParser:
     download.add_argument("--weights", metavar="HUB_ID", help="default: the model's hub id")
     download.add_argument("--cache-dir", metavar="DIR")
 
+    convert = commands.add_parser(
+        "convert",
+        help="convert a model to Core ML programs (runs on any OS; serve --backend coreml "
+        "also converts on first use)",
+        description="Convert a model to Core ML programs in the cache. Works on Linux and "
+        "Windows too, to prepare programs for a Mac.",
+    )
+    _add_model_arguments(
+        convert,
+        weights_help="hub id (default: the model's), a local diffusers folder, or random",
+        backend=False,
+    )
+    convert.add_argument(
+        "--size", type=_model_size, metavar="N|WxH", help="model resolution (default 512)"
+    )
+    _add_coreml_arguments(convert)
+    convert.add_argument("--force", action="store_true", help="convert again even if cached")
+
+    bench = commands.add_parser(
+        "bench",
+        help="time each stage of a frame on this machine",
+        description="Time the frame step and each of its stages over N frames, beside the "
+        "source paper's M3 Ultra figures.",
+    )
+    _add_model_arguments(bench, weights_help="default: random (the speed is the architecture's)")
+    bench.add_argument(
+        "--size", type=_model_size, metavar="N|WxH", help="model resolution (default 512)"
+    )
+    _add_coreml_arguments(bench)
+    bench.add_argument("--frames", type=int, default=50, help="timed runs per stage (50)")
+    bench.add_argument("--warmup", type=int, default=5, help="untimed frames first (5)")
+    bench.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+
+    doctor = commands.add_parser(
+        "doctor",
+        help="check that this machine's backends and transports work; paste it in bug reports",
+        description="Check which backends and transports work here, with a one-frame "
+        "Core ML vs torch comparison and a Syphon round trip on a Mac.",
+    )
+    _add_model_arguments(doctor, weights_help="default: random (checks the paths, not art)")
+    doctor.add_argument(
+        "--size",
+        type=_model_size,
+        default=(256, 256),
+        metavar="N|WxH",
+        help="model resolution for the one-frame checks (default 256: quicker, same paths)",
+    )
+    _add_coreml_arguments(doctor)
+    doctor.add_argument(
+        "--quick", action="store_true", help="only imports and transports, no model"
+    )
+
     commands.add_parser("models", help="list the models livediffusion knows")
     commands.add_parser("osc", help="list the OSC addresses the server accepts")
     return parser
@@ -143,6 +267,8 @@ def _serve_config(args: argparse.Namespace) -> ServeConfig:
         size=args.size,
         fit=args.fit,
         output_size=args.output_size,
+        backend=args.backend,
+        coreml=_coreml_settings(args),
         osc_host=args.osc_host,
         osc_port=args.osc_port,
         controls=Controls(
@@ -184,6 +310,76 @@ def _download(args: argparse.Namespace) -> int:
     return 0
 
 
+def _convert(args: argparse.Namespace) -> int:
+    import sys as _sys
+
+    from livediffusion_models.coreml import default_target, require_coremltools
+    from livediffusion_models.coreml.convert import convert
+    from livediffusion_models.registry import get_model
+    from livediffusion_models.weights import load_model
+
+    require_coremltools()
+    spec = get_model(args.model)
+    weights = args.weights or spec.hub_id
+    size = args.size or (spec.default_size, spec.default_size)
+    settings = _coreml_settings(args)
+    log.info("loading %s (%s weights) in float32 for conversion", spec.name, weights)
+    model = load_model(spec, weights, cache_dir=args.cache_dir, progress=True)
+    converted = convert(
+        model,
+        model=spec.name,
+        fingerprint=model.fingerprint,
+        size=size,
+        precision=settings.precision,
+        target=settings.target or default_target(),
+        variant=settings.variant,
+        stateful=settings.states,
+        cache_dir=args.cache_dir,
+        force=args.force,
+    )
+    print(converted.folder)
+    for program in converted.programs.values():
+        print(f"  {program.package.name}")
+    if _sys.platform != "darwin":
+        print(
+            "# to use these on a Mac, copy the folder to the same place under its cache "
+            f"(~/Library/Caches/livediffusion/coreml/{spec.name}/) and serve there with the "
+            "same --model, --weights, --size and Core ML options",
+            file=_sys.stderr,
+        )
+    return 0
+
+
+def _check_config(args: argparse.Namespace) -> ServeConfig:
+    """bench and doctor build the backend as serve would; random weights unless told."""
+    return ServeConfig(
+        model=args.model,
+        weights=args.weights or "random",
+        backend=args.backend,
+        device=args.device,
+        dtype=args.dtype,
+        size=args.size,
+        cache_dir=args.cache_dir,
+        coreml=_coreml_settings(args),
+    )
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from livediffusion.bench import format_table, run_bench, write_json
+
+    result = run_bench(_check_config(args), frames=args.frames, warmup=args.warmup)
+    print(format_table(result))
+    if args.json:
+        write_json(result, args.json)
+    return 0
+
+
+def _doctor(args: argparse.Namespace) -> int:
+    from livediffusion.doctor import run_doctor
+
+    return run_doctor(_check_config(args), quick=args.quick)
+
+
 def _models() -> int:
     from livediffusion_models.registry import DEFAULT_MODEL, MODELS
 
@@ -218,6 +414,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _list_sources(args.timeout)
         if args.command == "download":
             return _download(args)
+        if args.command == "convert":
+            return _convert(args)
+        if args.command == "bench":
+            return _bench(args)
+        if args.command == "doctor":
+            return _doctor(args)
         if args.command == "models":
             return _models()
         return _osc()
@@ -230,5 +432,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
+def console_main() -> NoReturn:
+    """The ``livediffusion`` command: :func:`main`, then a quick exit.
+
+    Tearing down an interpreter that imported torch, diffusers and transformers takes about
+    2 s (measured here: 1.9-2.2 s), which would break the promise that a stop answers within
+    2 s. By now the command has closed everything it opened, so run the exit handlers (NDI's
+    among them), flush, and leave without the teardown.
+    """
+    code = main()
+    atexit._run_exitfuncs()
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    console_main()

@@ -6,7 +6,6 @@ import itertools
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -24,15 +23,10 @@ from livediffusion.config import ServeConfig
 from livediffusion.controls import Controls
 from livediffusion.server import run_server
 from livediffusion_bridge import FrameSink, FrameSource, open_sink, open_source
+from loopback import free_udp_port
 
 pytestmark = pytest.mark.integration
 pytest.importorskip("NDIlib", reason="ndi-python (the NDI runtime) is not installed")
-
-
-def _free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _distance(a: np.ndarray, b: np.ndarray) -> float:
@@ -82,7 +76,7 @@ def _receive(source: FrameSource, count: int, timeout: float = 30.0) -> list[np.
 @pytest.fixture
 def server(make_tiny_backend: Callable[..., Any]) -> Iterator[tuple[str, int, threading.Event]]:
     tag = f"{os.getpid()}-{time.monotonic_ns() % 100000}"
-    port = _free_udp_port()
+    port = free_udp_port()
     config = ServeConfig(
         source=f"ndi://ld-in-{tag}",
         sink=f"ndi://ld-out-{tag}",
@@ -162,7 +156,7 @@ def test_cli_serves_over_ndi_and_stops_on_sigterm(tiny_folder: Path) -> None:
         "--sink", f"ndi://ld-cli-{tag}",
         "--weights", str(tiny_folder),
         "--size", "64", "--device", "cpu",
-        "--osc-port", str(_free_udp_port()),
+        "--osc-port", str(free_udp_port()),
         "--status-interval", "0.2",
     ]  # fmt: skip
     process = subprocess.Popen(
@@ -211,7 +205,7 @@ def test_sigterm_while_the_model_loads_stops_at_once() -> None:
     command = [
         sys.executable, "-m", "livediffusion", "serve",
         "--source", "test://pattern", "--sink", "memory://out",
-        "--weights", "random", "--device", "cpu", "--osc-port", str(_free_udp_port()),
+        "--weights", "random", "--device", "cpu", "--osc-port", str(free_udp_port()),
     ]  # fmt: skip
     process = subprocess.Popen(
         command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,

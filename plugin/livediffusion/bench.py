@@ -1,0 +1,163 @@
+"""``livediffusion bench``: each stage of a frame, timed on this machine, beside the paper.
+
+Every backend offers the same named stage timers (:meth:`Backend.stage_timers`), so the
+table has one shape for torch on a GPU or CPU and for Core ML on a Mac, and the source
+paper's M3 Ultra figures print beside them. A timer waits for the hardware before returning,
+so the wall time around it is the stage's real time.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from livediffusion.backends import build_backend
+from livediffusion.config import ServeConfig
+
+__all__ = ["PAPER_M3_ULTRA_MS", "BenchResult", "StageTiming", "format_table", "run_bench"]
+
+PAPER_M3_ULTRA_MS: dict[str, str] = {
+    "pre": "~10 (pre+post)",
+    "encode": "~5",
+    "unet": "24.4",
+    "decode": "~5",
+    "step": "~34 (enc+unet+dec)",
+    "post": "",
+    "frame": "44.1 (22.7 FPS)",
+}
+"""The paper's per-frame budget on an M3 Ultra (Core ML, fp16, CPU_AND_GPU, 512x512)."""
+
+_ORDER = ("pre", "encode", "unet", "decode", "step", "post", "frame")
+
+
+@dataclass(frozen=True, slots=True)
+class StageTiming:
+    name: str
+    ms_p50: float
+    ms_p99: float
+    ms_mean: float
+
+    @property
+    def fps(self) -> float:
+        return 1000.0 / self.ms_mean if self.ms_mean > 0 else float("inf")
+
+
+@dataclass(frozen=True)
+class BenchResult:
+    backend: str
+    model: str
+    weights: str
+    size: tuple[int, int]
+    frames: int
+    machine: str
+    date: str
+    stages: list[StageTiming] = field(default_factory=list)
+
+
+def _percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values), q))
+
+
+def _machine() -> str:
+    parts = [platform.system(), platform.release(), platform.machine()]
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            parts.append(torch.cuda.get_device_name())
+        parts.append(f"torch {torch.__version__}")
+    except ImportError:  # pragma: no cover - torch is a dependency
+        pass
+    return ", ".join(parts)
+
+
+def _picture(height: int, width: int) -> np.ndarray:
+    """A structured picture (gradients), so no stage sees an all-constant input."""
+    rows = np.linspace(0, 255, height, dtype=np.float32)[:, None]
+    cols = np.linspace(0, 255, width, dtype=np.float32)[None, :]
+    pixels = np.empty((height, width, 4), dtype=np.uint8)
+    pixels[..., 0] = rows
+    pixels[..., 1] = cols
+    pixels[..., 2] = (rows + cols) / 2
+    pixels[..., 3] = 255
+    return pixels
+
+
+def run_bench(config: ServeConfig, *, frames: int = 50, warmup: int = 5) -> BenchResult:
+    """Build the backend as ``serve`` would, warm it up, then time each stage ``frames`` times."""
+    if frames < 1 or warmup < 0:
+        raise ValueError("--frames must be at least 1 and --warmup at least 0")
+    from livediffusion_models.backends import FrameParams
+
+    backend = build_backend(config)
+    try:
+        backend.set_prompt(backend.encode_prompt("a benchmark of light and colour"))
+        height, width = backend.model_size
+        pixels = _picture(height, width)
+        out = np.empty_like(pixels)
+        for _ in range(max(1, warmup)):
+            backend.step(pixels, FrameParams(), out=out)
+        stages = []
+        for name, timer in backend.stage_timers().items():
+            samples = []
+            for _ in range(frames):
+                started = time.perf_counter()
+                timer()
+                samples.append(1000.0 * (time.perf_counter() - started))
+            stages.append(
+                StageTiming(
+                    name=name,
+                    ms_p50=_percentile(samples, 50),
+                    ms_p99=_percentile(samples, 99),
+                    ms_mean=statistics.fmean(samples),
+                )
+            )
+        stages.sort(key=lambda s: _ORDER.index(s.name) if s.name in _ORDER else len(_ORDER))
+        return BenchResult(
+            backend=backend.name,
+            model=config.model,
+            weights=config.weights or "the model's hub weights",
+            size=(height, width),
+            frames=frames,
+            machine=_machine(),
+            date=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            stages=stages,
+        )
+    finally:
+        backend.close()
+
+
+def format_table(result: BenchResult) -> str:
+    height, width = result.size
+    lines = [
+        f"livediffusion bench: {result.model} ({result.weights}) at {width}x{height}, "
+        f"{result.backend}, {result.frames} runs per stage",
+        f"machine: {result.machine}; {result.date}",
+        "",
+        f"{'stage':<8} {'ms p50':>8} {'ms p99':>8} {'FPS':>8}   paper, M3 Ultra Core ML (ms)",
+    ]
+    for stage in result.stages:
+        paper = PAPER_M3_ULTRA_MS.get(stage.name, "")
+        lines.append(
+            f"{stage.name:<8} {stage.ms_p50:8.2f} {stage.ms_p99:8.2f} {stage.fps:8.1f}   {paper}"
+        )
+    lines.append("")
+    lines.append(
+        "(frame: the whole step() the server runs, pre + model + post; FPS = 1000 / mean ms; "
+        "the paper's 22.7 FPS is end to end with a camera)"
+    )
+    return "\n".join(lines)
+
+
+def write_json(result: BenchResult, path: str | Path) -> None:
+    data = asdict(result)
+    for stage, timing in zip(data["stages"], result.stages, strict=True):
+        stage["fps"] = timing.fps
+    Path(path).write_text(json.dumps(data, indent=2), encoding="utf-8")
