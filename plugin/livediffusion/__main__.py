@@ -1,7 +1,5 @@
 from __future__ import annotations
 
-import sys
+from livediffusion.cli import console_main
 
-from livediffusion.cli import main
-
-sys.exit(main())
+console_main()
