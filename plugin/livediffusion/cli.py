@@ -314,7 +314,7 @@ def _convert(args: argparse.Namespace) -> int:
     import sys as _sys
 
     from livediffusion_models.coreml import default_target, require_coremltools
-    from livediffusion_models.coreml.convert import convert
+    from livediffusion_models.coreml.convert import convert, resolve_stateful
     from livediffusion_models.registry import get_model
     from livediffusion_models.weights import load_model
 
@@ -323,6 +323,9 @@ def _convert(args: argparse.Namespace) -> int:
     weights = args.weights or spec.hub_id
     size = args.size or (spec.default_size, spec.default_size)
     settings = _coreml_settings(args)
+    target = settings.target or default_target()
+    # a contradiction in the options is said now, not after a minute of loading weights
+    resolve_stateful(settings.variant, settings.precision, target, settings.states)
     log.info("loading %s (%s weights) in float32 for conversion", spec.name, weights)
     model = load_model(spec, weights, cache_dir=args.cache_dir, progress=True)
     converted = convert(
@@ -331,7 +334,7 @@ def _convert(args: argparse.Namespace) -> int:
         fingerprint=model.fingerprint,
         size=size,
         precision=settings.precision,
-        target=settings.target or default_target(),
+        target=target,
         variant=settings.variant,
         stateful=settings.states,
         cache_dir=args.cache_dir,

@@ -108,3 +108,15 @@ def test_auto_picks_torch_off_apple_silicon() -> None:
     assert choose_backend("auto") == "torch"
     with pytest.raises(ValueError, match="backend must be auto or one of torch, coreml"):
         choose_backend("tensorrt")
+
+
+def test_contradictory_core_ml_options_fail_before_loading_weights(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    pytest.importorskip("coremltools", reason="convert needs coremltools")
+    started = time.monotonic()
+    code = main(["convert", "--weights", "random", "--states", "on", "--target", "macOS14"])
+    assert code == 2
+    assert time.monotonic() - started < 5  # the real architecture takes ~20 s to build
+    err = capsys.readouterr().err.strip()
+    assert err == "livediffusion: error: Core ML states need --variant fused and --target macOS15"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -631,3 +632,43 @@ def test_fingerprint_of_random_weights_follows_the_shipped_configs(
 
     monkeypatch.setattr(ModelSpec, "read_config", edited)
     assert random_fingerprint(SDXS, seed=0) != shipped
+
+
+def _content_addressed_snapshot(cache: Path, repo_id: str, content: Path) -> Path:
+    """A hub cache as huggingface_hub writes it: blobs named by their hash, linked from the
+    snapshot (so two machines that downloaded one revision hold the same blob names)."""
+    snapshot = _fake_hub_snapshot(cache, repo_id)
+    blobs = snapshot.parents[1] / "blobs"
+    blobs.mkdir()
+    for path in sorted(p for p in content.rglob("*") if p.is_file()):
+        data = path.read_bytes()
+        blob = blobs / hashlib.sha256(data).hexdigest()
+        blob.write_bytes(data)
+        link = snapshot / path.relative_to(content)
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(os.path.relpath(blob, link.parent))
+    return snapshot
+
+
+def test_fingerprint_of_a_hub_download_is_its_content_on_any_machine(
+    tiny_source: Path, tmp_path: Path
+) -> None:
+    """Programs converted on one machine are found on another that downloaded the same
+    revision: the blobs' names (content hashes) count, not their timestamps."""
+    _content_addressed_snapshot(tmp_path / "here", "owner/tiny", tiny_source)
+    there = _content_addressed_snapshot(tmp_path / "there", "owner/tiny", tiny_source)
+    for blob in (there.parents[1] / "blobs").iterdir():
+        os.utime(blob, ns=(0, 1_000_000_000))  # downloaded at another time
+    one = load_model(SDXS, "owner/tiny", cache_dir=tmp_path / "here", progress=False)
+    two = load_model(SDXS, "owner/tiny", cache_dir=tmp_path / "there", progress=False)
+    assert one.fingerprint == two.fingerprint
+    # another revision of a weights file is another blob: another fingerprint
+    link = there / "unet" / "diffusion_pytorch_model.safetensors"
+    data = bytearray(link.read_bytes())
+    data[-4:] = bytes(b ^ 0xFF for b in data[-4:])
+    blob = link.resolve().parent / hashlib.sha256(bytes(data)).hexdigest()
+    blob.write_bytes(bytes(data))
+    link.unlink()
+    link.symlink_to(os.path.relpath(blob, link.parent))
+    three = load_model(SDXS, "owner/tiny", cache_dir=tmp_path / "there", progress=False)
+    assert three.fingerprint != one.fingerprint

@@ -12,6 +12,7 @@ defaults from it. The work lives in submodules, imported only when used:
 
 from __future__ import annotations
 
+import logging
 import platform
 import sys
 from importlib import metadata
@@ -66,13 +67,41 @@ def coremltools_version() -> str | None:
         return None
 
 
+class _ExpectedNoise(logging.Filter):
+    """Drops two warnings coremltools logs on every import, which say nothing new here.
+
+    Off macOS it logs six "Failed to load _ML...Proxy" lines (its Core ML runtime module exists
+    only in macOS wheels: conversion needs none of it), and with torch newer than 2.7 "has not
+    been tested" (the torch.export route is tested here; the README says so). Left in, they
+    bury the conversion's progress and read like failures.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if sys.platform != "darwin" and message.startswith("Failed to load _ML"):
+            return False
+        return "has not been tested with coremltools" not in message
+
+
+_NOISE_FILTER = _ExpectedNoise()
+
+
 def require_coremltools() -> str:
-    """Return coremltools' version, or say in one sentence what to install."""
+    """Return coremltools' version, or say in one sentence what to install.
+
+    Call before importing coremltools: it also quiets the warnings it logs on import.
+    """
     version = coremltools_version()
     if version is None or find_spec("coremltools") is None:
         raise CoreMLUnavailableError(
             f"the Core ML backend needs coremltools, which is not installed: run `{INSTALL_HINT}`"
         )
+    logger = logging.getLogger("coremltools")
+    logger.addFilter(_NOISE_FILTER)  # filters are a set: adding twice is a no-op
+    if logger.level == logging.NOTSET:
+        # its INFO lines name every op each pass removes: thousands for a real UNet, under
+        # the progress bars it draws itself
+        logger.setLevel(logging.WARNING)
     return version
 
 

@@ -23,6 +23,7 @@ import os
 import shutil
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -43,7 +44,14 @@ from livediffusion_models.coreml.cache import (
 )
 from livediffusion_models.coreml.programs import ProgramSpec, build_programs
 
-__all__ = ["compile_programs", "conversion_key", "convert", "default_stateful", "export_program"]
+__all__ = [
+    "compile_programs",
+    "conversion_key",
+    "convert",
+    "default_stateful",
+    "export_program",
+    "resolve_stateful",
+]
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +61,20 @@ Progress = Callable[[str], None]
 def default_stateful(variant: Variant, precision: Precision, target: Target) -> bool:
     """States need the macOS15 target and fp16 (Core ML states are fp16 only), fused only."""
     return variant == "fused" and precision == "fp16" and target == "macOS15"
+
+
+def resolve_stateful(
+    variant: Variant, precision: Precision, target: Target, stateful: bool | None
+) -> bool:
+    """Whether the programs keep Core ML states: None = wherever allowed; True where not
+    allowed is an error, said before any weights are loaded."""
+    if stateful is None:
+        return default_stateful(variant, precision, target)
+    if stateful and not default_stateful(variant, "fp16", target):
+        raise ValueError("Core ML states need --variant fused and --target macOS15")
+    if stateful and precision != "fp16":
+        raise ValueError("Core ML states are fp16 only: use --precision fp16 or --states off")
+    return stateful
 
 
 def conversion_key(
@@ -65,12 +87,6 @@ def conversion_key(
     variant: Variant,
     stateful: bool | None = None,
 ) -> ConversionKey:
-    if stateful is None:
-        stateful = default_stateful(variant, precision, target)
-    elif stateful and not default_stateful(variant, "fp16", target):
-        raise ValueError("Core ML states need --variant fused and --target macOS15")
-    elif stateful and precision != "fp16":
-        raise ValueError("Core ML states are fp16 only: use --precision fp16 or turn states off")
     return ConversionKey(
         model=model,
         weights=fingerprint,
@@ -78,7 +94,7 @@ def conversion_key(
         precision=precision,
         target=target,
         variant=variant,
-        stateful=stateful,
+        stateful=resolve_stateful(variant, precision, target, stateful),
         coremltools=require_coremltools(),
         code=code_digest(),
     )
@@ -99,20 +115,28 @@ def _convert_one(program: ProgramSpec, *, precision: Precision, target: Target) 
     import numpy as np
 
     out_dtype = np.float16 if precision == "fp16" else np.float32
-    return ct.convert(
-        export_program(program),
-        inputs=[
-            ct.TensorType(name=t.name, shape=t.shape, dtype=np.float32) for t in program.inputs
-        ],
-        outputs=[ct.TensorType(name=name, dtype=out_dtype) for name in program.outputs],
-        states=[
-            ct.StateType(wrapped_type=ct.TensorType(shape=t.shape, dtype=np.float16), name=t.name)
-            for t in program.states
-        ],
-        minimum_deployment_target=getattr(ct.target, target),
-        compute_precision=(ct.precision.FLOAT16 if precision == "fp16" else ct.precision.FLOAT32),
-        convert_to="mlprogram",
-    )
+    with warnings.catch_warnings():
+        # torch 2.13 warns about its own pytree internals (LeafSpec) when the converter copies
+        # the exported program: nothing a user can act on
+        warnings.simplefilter("ignore", FutureWarning)
+        return ct.convert(
+            export_program(program),
+            inputs=[
+                ct.TensorType(name=t.name, shape=t.shape, dtype=np.float32) for t in program.inputs
+            ],
+            outputs=[ct.TensorType(name=name, dtype=out_dtype) for name in program.outputs],
+            states=[
+                ct.StateType(
+                    wrapped_type=ct.TensorType(shape=t.shape, dtype=np.float16), name=t.name
+                )
+                for t in program.states
+            ],
+            minimum_deployment_target=getattr(ct.target, target),
+            compute_precision=(
+                ct.precision.FLOAT16 if precision == "fp16" else ct.precision.FLOAT32
+            ),
+            convert_to="mlprogram",
+        )
 
 
 def _log_progress(message: str) -> None:
@@ -157,7 +181,10 @@ def convert(
 
     unet, vae = components.unet, components.vae
     for module in (unet, vae):
-        module.to(device="cpu", dtype=torch.float32).eval().requires_grad_(False)
+        if module.dtype != torch.float32 or module.device.type != "cpu":
+            # nn.Module.to: diffusers' own .to warns on every cast, even with nothing to keep
+            torch.nn.Module.to(module, device="cpu", dtype=torch.float32)
+        module.eval().requires_grad_(False)
     tokens = int(getattr(components.tokenizer, "model_max_length", 77))
     programs = build_programs(
         unet, vae, size=size, tokens=tokens, variant=variant, stateful=key.stateful

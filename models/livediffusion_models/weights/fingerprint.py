@@ -11,7 +11,11 @@ milliseconds even for gigabytes of weights. It is 16 hex digits of a SHA-256 ove
   snapshot in another cache holds the same weights) and its size;
 * small files (config.json, shard indexes, tokenizer files, scheduler config): their bytes,
   which are cheap to read and decide the architecture and the noise schedule;
-* weight files: ``st_mtime_ns``, which changes whenever a file is rewritten or replaced;
+* weight files in a huggingface_hub cache: the name of the blob the snapshot links to, which
+  is the file's own content hash (SHA-256 for LFS files, the git hash for others). It is the
+  same on every machine that downloaded the same revision, so programs converted on one
+  machine are found on another (the README's "prepare on Linux, serve on a Mac");
+* other weight files: ``st_mtime_ns``, which changes whenever a file is rewritten or replaced;
   the safetensors header (names, dtypes, shapes and offsets of every tensor: a different
   architecture or precision with the same size), read without the data; and the first and
   last 64 KiB of the file, which catch a same-size rewrite within one timestamp tick
@@ -29,6 +33,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from importlib.metadata import PackageNotFoundError, version
 from importlib.resources import files
 from pathlib import Path
@@ -125,7 +130,15 @@ def _add_small_file(digest: _Digest, path: Path, component: Path) -> None:
     digest.add("file", path.relative_to(component).as_posix(), len(data), data)
 
 
+_CONTENT_HASH = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
+
+
 def _add_weight_file(digest: _Digest, path: Path, component: Path) -> None:
+    resolved = path.resolve()
+    if resolved.parent.name == "blobs" and _CONTENT_HASH.fullmatch(resolved.name):
+        name = path.relative_to(component).as_posix()
+        digest.add("blob", name, resolved.stat().st_size, resolved.name)
+        return
     stat = path.stat()
     digest.add("weights", path.relative_to(component).as_posix(), stat.st_size, stat.st_mtime_ns)
     if path.name.endswith(".safetensors"):
