@@ -170,7 +170,9 @@ class OscServer:
             data = with_leading_slash(data)
             try:
                 messages = [timed.message for timed in OscPacket(data).messages]
-            except ParseError as exc:
+            except (ParseError, UnicodeDecodeError) as exc:
+                # python-osc decodes strings as UTF-8 and lets UnicodeDecodeError through
+                # (osc_types.get_string): a Latin-1 "/prompt caf\xe9" must not end this thread
                 self._drop("malformed", f"OSC datagram from {sender[0]}:{sender[1]} dropped: {exc}")
                 continue
             for message in messages:

@@ -98,6 +98,18 @@ def test_junk_is_dropped_and_counted(
     assert store.snapshot().seed == before.seed
 
 
+def test_bytes_that_are_not_utf8_never_end_osc(
+    served: tuple[ControlStore, OscServer, SimpleUDPClient],
+) -> None:
+    store, server, client = served
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.sendto(b"/prompt\0,s\0\0caf\xe9\0\0\0\0", server.address)  # Latin-1 string
+    sock.sendto(b"/x\xff\xfe\0,f\0\0\0\0\0\0", server.address)  # Latin-1 address
+    client.send_message("/prompt", "after the junk")
+    _wait_for(lambda: store.snapshot().prompt == "after the junk")
+    assert server.counters.malformed == 2
+
+
 def test_port_in_use_is_a_clear_error() -> None:
     with (
         OscServer(lambda a, b: None, port=0) as first,
