@@ -183,6 +183,7 @@ class CoreMLBackend(Backend):
         self._previous_x0 = torch.zeros(tuple(latent_shape))
         self._previous_output = torch.zeros((1, 3, height, width))
         self._result = torch.zeros((1, 3, height, width))
+        self._result_view = self._result.numpy()  # made once: np.copyto's target each frame
         self._geometry: Geometry | None = None
         self._padded = False
 
@@ -292,7 +293,7 @@ class CoreMLBackend(Backend):
         if not self.stateful:
             np.copyto(self._feed["previous_x0"], result["x0"])
             np.copyto(self._feed["previous_output"], result["smoothed"])
-        np.copyto(self._result.numpy(), result["output"])
+        np.copyto(self._result_view, result["output"])
 
     def _run_stages(self, controls: torch.Tensor) -> None:
         assert self._frame_step is not None
