@@ -31,7 +31,6 @@ import numpy.typing as npt
 import torch
 
 from livediffusion_models.backends.base import (
-    Backend,
     BackendOptions,
     Embedding,
     FrameParams,
@@ -39,7 +38,7 @@ from livediffusion_models.backends.base import (
     Pixels,
     StageTimer,
 )
-from livediffusion_models.backends.inputs import StepInputs, TextEncoder
+from livediffusion_models.backends.inputs import StepInputs, StepInputsBackend, TextEncoder
 from livediffusion_models.coreml import ComputeUnits, Precision, Target, Variant
 from livediffusion_models.coreml.cache import ConvertedModel
 from livediffusion_models.coreml.runtime import Program
@@ -129,7 +128,7 @@ def _text_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-class CoreMLBackend(Backend):
+class CoreMLBackend(StepInputsBackend):
     """Build it with :meth:`from_components`; the constructor takes already-loaded programs."""
 
     def __init__(
@@ -246,15 +245,6 @@ class CoreMLBackend(Backend):
 
     def encode_prompt(self, text: str) -> Embedding:
         return self.text.encode(text).to(device="cpu", dtype=torch.float32)
-
-    def set_prompt(self, embedding: Embedding, *, from_mix: float = 1.0) -> None:
-        self.inputs.set_prompt(embedding, from_mix=from_mix)
-
-    def set_seed(self, seed: int, *, from_mix: float = 1.0) -> None:
-        self.inputs.set_seed(seed, from_mix=from_mix)
-
-    def reset(self) -> None:
-        self.inputs.reset()
 
     # -- frames --------------------------------------------------------------------------
 

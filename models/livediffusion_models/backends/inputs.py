@@ -15,11 +15,11 @@ from typing import Any
 
 import torch
 
-from livediffusion_models.backends.base import Embedding, FrameParams
+from livediffusion_models.backends.base import Backend, Embedding, FrameParams
 from livediffusion_models.schedule import NoiseSchedule
 from livediffusion_models.step import NUM_CONTROLS, Control
 
-__all__ = ["StepInputs", "TextEncoder", "clamp01", "seed_weights"]
+__all__ = ["StepInputs", "StepInputsBackend", "TextEncoder", "clamp01", "seed_weights"]
 
 
 class StepInputs:
@@ -121,6 +121,21 @@ class StepInputs:
             self.controls.copy_(host, non_blocking=True)
         self.fresh = False
         return self.controls
+
+
+class StepInputsBackend(Backend):
+    """A backend whose prompts, seeds and resets are its :class:`StepInputs`' (every one)."""
+
+    inputs: StepInputs
+
+    def set_prompt(self, embedding: Embedding, *, from_mix: float = 1.0) -> None:
+        self.inputs.set_prompt(embedding, from_mix=from_mix)
+
+    def set_seed(self, seed: int, *, from_mix: float = 1.0) -> None:
+        self.inputs.set_seed(seed, from_mix=from_mix)
+
+    def reset(self) -> None:
+        self.inputs.reset()
 
 
 class TextEncoder:

@@ -16,7 +16,6 @@ import numpy as np
 import torch
 
 from livediffusion_models.backends.base import (
-    Backend,
     BackendOptions,
     Embedding,
     FrameParams,
@@ -24,7 +23,7 @@ from livediffusion_models.backends.base import (
     Pixels,
     StageTimer,
 )
-from livediffusion_models.backends.inputs import StepInputs, TextEncoder
+from livediffusion_models.backends.inputs import StepInputs, StepInputsBackend, TextEncoder
 from livediffusion_models.imaging import Geometry, plan_geometry, to_model, to_pixels
 from livediffusion_models.schedule import NoiseSchedule
 from livediffusion_models.step import FrameStep
@@ -86,7 +85,7 @@ class _ShapeBuffers:
     padded: bool = False  # whether self._image holds this geometry's letterbox padding
 
 
-class TorchBackend(Backend):
+class TorchBackend(StepInputsBackend):
     """Eager PyTorch. Build it with :meth:`from_components` (or the plugin's backend table)."""
 
     def __init__(
@@ -149,15 +148,6 @@ class TorchBackend(Backend):
 
     def encode_prompt(self, text: str) -> Embedding:
         return self.text.encode(text).to(self.dtype)
-
-    def set_prompt(self, embedding: Embedding, *, from_mix: float = 1.0) -> None:
-        self.inputs.set_prompt(embedding, from_mix=from_mix)
-
-    def set_seed(self, seed: int, *, from_mix: float = 1.0) -> None:
-        self.inputs.set_seed(seed, from_mix=from_mix)
-
-    def reset(self) -> None:
-        self.inputs.reset()
 
     # -- frames --------------------------------------------------------------------------
 
