@@ -16,14 +16,12 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import TYPE_CHECKING
 
-from livediffusion.config import CoreMLSettings, ServeConfig
+from livediffusion.config import ServeConfig
 from livediffusion_models.backends import Backend
 
 if TYPE_CHECKING:
     import torch
 
-    from livediffusion_models.backends.coreml_backend import CoreMLOptions
-    from livediffusion_models.imaging import FitMode
     from livediffusion_models.weights import LoadedModel
 
 __all__ = ["BACKENDS", "BackendChoice", "build_backend", "choose_backend"]
@@ -97,46 +95,20 @@ def _coreml_dtype(config: ServeConfig) -> torch.dtype:
     return torch.float32  # export traces in float32; the converter applies the precision
 
 
-def coreml_options(
-    settings: CoreMLSettings,
-    *,
-    size: tuple[int, int],
-    fit: FitMode = "crop",
-    seed: int = 0,
-    cache_dir: str | None = None,
-) -> CoreMLOptions:
-    """Plugin settings -> the backend's typed options (one place, for serve/bench/doctor)."""
-    from livediffusion_models.backends.coreml_backend import CoreMLOptions
-    from livediffusion_models.coreml import default_target
-
-    return CoreMLOptions(
-        size=size,
-        fit=fit,
-        seed=seed,
-        variant=settings.variant,
-        precision=settings.precision,
-        target=settings.target or default_target(),
-        stateful=settings.states,
-        compute_units=settings.compute_units,
-        cache_dir=cache_dir,
-    )
-
-
 def _coreml_build(config: ServeConfig, model: LoadedModel) -> Backend:
-    from livediffusion_models.backends.coreml_backend import CoreMLBackend
+    from livediffusion_models.backends.coreml_backend import CoreMLBackend, CoreMLOptions
 
-    options = coreml_options(
-        config.coreml,
+    options = CoreMLOptions(
         size=_model_size(config, model),
         fit=config.fit,
         seed=config.controls.seed,
+        coreml=config.coreml,
         cache_dir=config.cache_dir,
     )
     log.info(
-        "Core ML: %s programs for %s (converted once per model, size and settings; "
+        "Core ML: %s programs (converted once per model, size and settings; "
         "the first conversion of a full-size model takes minutes)",
-        options.variant,
-        options.target,
+        config.coreml.variant,
     )
     return CoreMLBackend.from_components(model, options)
 

@@ -13,14 +13,19 @@ from typing import NoReturn
 
 from livediffusion.backends import BACKENDS
 from livediffusion.config import (
-    CoreMLSettings,
     ServeConfig,
     default_sink,
     default_source,
     parse_size,
 )
 from livediffusion.controls import CONTROL_ADDRESSES, Controls
-from livediffusion_models.coreml import COMPUTE_UNITS, PRECISIONS, TARGETS, VARIANTS
+from livediffusion_models.coreml import (
+    COMPUTE_UNITS,
+    PRECISIONS,
+    TARGETS,
+    VARIANTS,
+    CoreMLSettings,
+)
 from livediffusion_models.registry import DEFAULT_MODEL
 
 __all__ = ["build_parser", "main"]

@@ -11,7 +11,7 @@ import sys
 from dataclasses import dataclass, field
 
 from livediffusion.controls import Controls
-from livediffusion_models.coreml import ComputeUnits, Precision, Target, Variant
+from livediffusion_models.coreml import CoreMLSettings
 from livediffusion_models.imaging import FitMode
 
 __all__ = ["CoreMLSettings", "ServeConfig", "default_sink", "default_source", "parse_size"]
@@ -43,17 +43,6 @@ def parse_size(text: str, *, multiple_of: int = 1) -> tuple[int, int]:
     if width % multiple_of or height % multiple_of:
         raise ValueError(f"size {width}x{height} must be a multiple of {multiple_of}")
     return height, width
-
-
-@dataclass(frozen=True, slots=True)
-class CoreMLSettings:
-    """How the Core ML backend converts and runs (``convert``, ``serve``, ``bench``, ``doctor``)."""
-
-    variant: Variant = "fused"
-    precision: Precision = "fp16"
-    target: Target | None = None  # None: macOS15 on a Mac running 15+, else macOS14
-    compute_units: ComputeUnits = "cpu_and_gpu"
-    states: bool | None = None  # None: wherever the target allows (fused, fp16, macOS15)
 
 
 @dataclass(frozen=True, slots=True)

@@ -50,7 +50,6 @@ ROUND_TRIP_TIMEOUT = 10.0
 may take a few."""
 ROUND_TRIP_TOLERANCE = 24.0
 """Largest allowed difference of a quadrant's mean per channel: NDI is lossy (200 -> 188)."""
-MIN_PSNR_DB = PSNR_PASS_DB
 PROMPT = "a doctor's test"
 NDI_HINT = 'pip install "livediffusion[ndi]"'
 MAC_HINT = 'pip install "livediffusion[mac]"'
@@ -396,10 +395,10 @@ def _check_coreml_vs_torch(context: Context) -> Outcome:
         cache_dir=config.cache_dir,
     )
     values = ", ".join(f"{name} {value:.1f} dB" for name, value in psnr.items())
-    low = ", ".join(name for name, value in psnr.items() if not value >= MIN_PSNR_DB)
+    low = ", ".join(name for name, value in psnr.items() if not value >= PSNR_PASS_DB)
     if low or not psnr:
-        return "FAIL", f"PSNR below {MIN_PSNR_DB:g} dB for {low or 'every program'}: {values}"
-    return "PASS", f"PSNR {values} (all >= {MIN_PSNR_DB:g} dB)"
+        return "FAIL", f"PSNR below {PSNR_PASS_DB:g} dB for {low or 'every program'}: {values}"
+    return "PASS", f"PSNR {values} (all >= {PSNR_PASS_DB:g} dB)"
 
 
 CHECKS: tuple[tuple[str, Check], ...] = (

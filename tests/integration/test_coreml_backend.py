@@ -19,7 +19,7 @@ import pytest
 from livediffusion_models.backends import FrameParams
 from livediffusion_models.backends.coreml_backend import CoreMLBackend, CoreMLOptions
 from livediffusion_models.backends.torch_backend import TorchBackend, TorchOptions
-from livediffusion_models.coreml import CoreMLUnavailableError, Target, Variant
+from livediffusion_models.coreml import CoreMLSettings, CoreMLUnavailableError, Target, Variant
 from livediffusion_models.coreml.compare import compare_converted
 from livediffusion_models.coreml.convert import convert
 from livediffusion_models.coreml.programs import build_programs
@@ -74,7 +74,9 @@ def make_backend(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Any]
             components=components,
             converted=converted,
             programs=programs,
-            options=CoreMLOptions(size=SIZE, variant=variant, target=target, **options),
+            options=CoreMLOptions(
+                size=SIZE, coreml=CoreMLSettings(variant=variant, target=target), **options
+            ),
         )
         return backend, components
 

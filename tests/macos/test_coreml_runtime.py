@@ -51,11 +51,14 @@ def test_the_backend_runs_frames_from_the_loading_path(
 ) -> None:
     from livediffusion_models.backends import FrameParams
     from livediffusion_models.backends.coreml_backend import CoreMLBackend, CoreMLOptions
+    from livediffusion_models.coreml import CoreMLSettings
     from livediffusion_models.registry import get_model
     from livediffusion_models.weights import load_model
 
     model = load_model(get_model("sdxs-512-0.9"), str(tiny_folder), progress=False)
-    options = CoreMLOptions(size=(64, 64), variant=variant, cache_dir=str(tmp_path))
+    options = CoreMLOptions(
+        size=(64, 64), coreml=CoreMLSettings(variant=variant), cache_dir=str(tmp_path)
+    )
     backend = CoreMLBackend.from_components(model, options)
     assert all(p.compiled.is_dir() for p in backend.converted.programs.values())
     backend.set_prompt(backend.encode_prompt("a lighthouse"))

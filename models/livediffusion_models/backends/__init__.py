@@ -1,7 +1,7 @@
 """Backends run :class:`~livediffusion_models.step.FrameStep` on some hardware.
 
-Only ``torch`` exists today (cpu, cuda, mps); ``coreml`` converts the same module. Backends
-are imported lazily so that asking for one never loads another's runtime.
+``torch`` runs it on cpu, cuda or mps; ``coreml`` runs it converted to Core ML programs.
+Backends are imported lazily so that asking for one never loads another's runtime.
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ frame's feed: two more copies in and out, which states remove.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -39,7 +39,8 @@ from livediffusion_models.backends.base import (
     StageTimer,
 )
 from livediffusion_models.backends.inputs import StepInputs, StepInputsBackend, TextEncoder
-from livediffusion_models.coreml import ComputeUnits, Precision, Target, Variant
+from livediffusion_models.backends.torch_backend import resolve_device
+from livediffusion_models.coreml import CoreMLSettings, Variant
 from livediffusion_models.coreml.cache import ConvertedModel
 from livediffusion_models.coreml.runtime import Program
 from livediffusion_models.imaging import Geometry, plan_geometry, to_model, to_pixels
@@ -56,14 +57,9 @@ Float32 = npt.NDArray[np.float32]
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class CoreMLOptions(BackendOptions):
-    variant: Variant = "fused"
-    precision: Precision = "fp16"
-    target: Target = "macOS14"
-    stateful: bool | None = None
-    """None: states wherever the target allows them (fused, fp16, macOS15)."""
-    compute_units: ComputeUnits = "cpu_and_gpu"
+    coreml: CoreMLSettings = field(default_factory=CoreMLSettings)
     text_device: str = "auto"
-    """Torch device of the text encoder: auto = mps where available, else cpu."""
+    """Torch device of the text encoder (``resolve_device``): auto is mps on a Mac, else cpu."""
     cache_dir: str | None = None
 
 
@@ -122,12 +118,6 @@ def _as_float32(tensor: torch.Tensor) -> Float32:
     return array
 
 
-def _text_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("mps" if torch.backends.mps.is_available() else "cpu")
-    return torch.device(name)
-
-
 class CoreMLBackend(StepInputsBackend):
     """Build it with :meth:`from_components`; the constructor takes already-loaded programs."""
 
@@ -152,9 +142,9 @@ class CoreMLBackend(StepInputsBackend):
         self._programs = dict(programs)
         self._size = key.size
         state = "+state" if key.stateful else ""
-        self.name = f"coreml-{key.variant}{state} {key.precision} {options.compute_units}"
+        self.name = f"coreml-{key.variant}{state} {key.precision} {options.coreml.compute_units}"
 
-        text_device = _text_device(options.text_device)
+        text_device = resolve_device(options.text_device)  # no CUDA on a Mac: mps, else cpu
         text_dtype = torch.float32 if text_device.type == "cpu" else torch.float16
         components.text_encoder.to(device=text_device, dtype=text_dtype)
         components.text_encoder.eval().requires_grad_(False)
@@ -168,19 +158,17 @@ class CoreMLBackend(StepInputsBackend):
         self.text = TextEncoder(
             components.text_encoder, components.tokenizer, device=text_device, tokens=embed_shape[1]
         )
-        cpu = torch.device("cpu")
+        height, width = self._size
         self.inputs = StepInputs(
             latent_shape=(latent_shape[0], latent_shape[1], latent_shape[2], latent_shape[3]),
             embed_shape=(embed_shape[0], embed_shape[1], embed_shape[2]),
+            image_shape=(1, 3, height, width),
             schedule=NoiseSchedule.from_scheduler_config(components.scheduler_config),
-            device=cpu,
+            device=torch.device("cpu"),
             dtype=torch.float32,
             seed=options.seed,
         )
-        height, width = self._size
         self._image = torch.zeros((1, 3, height, width))
-        self._previous_x0 = torch.zeros(tuple(latent_shape))
-        self._previous_output = torch.zeros((1, 3, height, width))
         self._result = torch.zeros((1, 3, height, width))
         self._result_view = self._result.numpy()  # made once: np.copyto's target each frame
         self._geometry: Geometry | None = None
@@ -197,8 +185,8 @@ class CoreMLBackend(StepInputsBackend):
                 "noise_to": self.inputs.noise_to.numpy(),
                 "embeds_from": self.inputs.embeds_from.numpy(),
                 "embeds_to": self.inputs.embeds_to.numpy(),
-                "previous_x0": self._previous_x0.numpy(),
-                "previous_output": self._previous_output.numpy(),
+                "previous_x0": self.inputs.previous_x0.numpy(),
+                "previous_output": self.inputs.previous_output.numpy(),
                 "controls": self.inputs.controls.numpy(),
             }
             unknown = set(interface) - set(views)
@@ -219,22 +207,24 @@ class CoreMLBackend(StepInputsBackend):
     @classmethod
     def from_components(cls, components: LoadedModel, options: CoreMLOptions) -> CoreMLBackend:
         """Convert (or find in the cache), compile, load: the whole way from torch modules."""
+        from livediffusion_models.coreml import default_target
         from livediffusion_models.coreml.convert import convert
         from livediffusion_models.coreml.runtime import load_programs, require_runtime
 
         require_runtime()  # fail before minutes of conversion, not after
+        settings = options.coreml
         converted = convert(
             components,
             model=components.spec.name,
             fingerprint=components.fingerprint,
             size=options.size,
-            precision=options.precision,
-            target=options.target,
-            variant=options.variant,
-            stateful=options.stateful,
+            precision=settings.precision,
+            target=settings.target or default_target(),
+            variant=settings.variant,
+            stateful=settings.states,
             cache_dir=options.cache_dir,
         )
-        programs = load_programs(converted, compute_units=options.compute_units)
+        programs = load_programs(converted, compute_units=settings.compute_units)
         return cls(components=components, converted=converted, programs=programs, options=options)
 
     @property
@@ -269,13 +259,13 @@ class CoreMLBackend(StepInputsBackend):
 
     @torch.inference_mode()
     def step(self, pixels: Pixels, params: FrameParams, *, out: Pixels) -> None:
-        controls = self.inputs.update_controls(params)
+        self.inputs.update_controls(params)
         geometry = self._geometry_for(pixels, out)
         self._to_model(pixels, geometry)
         if self._frame_step is None:
             self._run_fused()
         else:
-            self._run_stages(controls)
+            self._run_stages()
         to_pixels(self._result, geometry, out=torch.from_numpy(out))
 
     def _run_fused(self) -> None:
@@ -285,22 +275,9 @@ class CoreMLBackend(StepInputsBackend):
             np.copyto(self._feed["previous_output"], result["smoothed"])
         np.copyto(self._result_view, result["output"])
 
-    def _run_stages(self, controls: torch.Tensor) -> None:
+    def _run_stages(self) -> None:
         assert self._frame_step is not None
-        inputs = self.inputs
-        output, x0, smoothed = self._frame_step(
-            self._image,
-            inputs.noise_from,
-            inputs.noise_to,
-            inputs.embeds_from,
-            inputs.embeds_to,
-            self._previous_x0,
-            self._previous_output,
-            controls,
-        )
-        self._previous_x0.copy_(x0)
-        self._previous_output.copy_(smoothed)
-        self._result.copy_(output)
+        self._result.copy_(self.inputs.run(self._frame_step, self._image))
 
     @torch.inference_mode()
     def passthrough(self, pixels: Pixels, *, out: Pixels) -> None:
@@ -327,7 +304,7 @@ class CoreMLBackend(StepInputsBackend):
             vae = self._frame_step.vae
             unet = self._frame_step.unet
             image = self._image
-            latents = self._previous_x0
+            latents = self.inputs.previous_x0
             embeds = self.inputs.embeds_to
             timestep = self.inputs.controls[0]
             timers["encode"] = lambda: vae.encode(image)

@@ -1,10 +1,10 @@
 """The step's per-frame inputs that are not the picture, kept the same way by every backend.
 
-Prompt and seed glides, the controls vector and the "fresh" flag after a reset are one piece
-of logic whether the step then runs in eager torch, a CUDA graph or a Core ML program: each
-backend holds one :class:`StepInputs` and hands its tensors to :class:`FrameStep` (or converts
-them for Core ML). All tensors are allocated once and then updated in place, which is what a
-captured graph and a reused Core ML feed need.
+Prompt and seed glides, the controls vector, the temporal state (previous x0 and output) and
+the "fresh" flag after a reset are one piece of logic whether the step then runs in eager
+torch, a CUDA graph or a Core ML program: each backend holds one :class:`StepInputs` and hands
+its tensors to :class:`FrameStep` (or converts them for Core ML). All tensors are allocated
+once and then updated in place, which is what a captured graph and a reused Core ML feed need.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ class StepInputs:
         *,
         latent_shape: tuple[int, int, int, int],
         embed_shape: tuple[int, int, int],
+        image_shape: tuple[int, int, int, int],
         schedule: NoiseSchedule,
         device: torch.device,
         dtype: torch.dtype,
@@ -48,6 +49,8 @@ class StepInputs:
         self.noise_to = zeros(latent_shape)
         self.embeds_from = zeros(embed_shape)
         self.embeds_to = zeros(embed_shape)
+        self.previous_x0 = zeros(latent_shape)
+        self.previous_output = zeros(image_shape)
         pin = device.type == "cuda"
         self._controls_host = torch.zeros(NUM_CONTROLS, dtype=torch.float32, pin_memory=pin)
         # float32 always: the timestep (up to 999) and sqrt(a_t) lose too much in half precision
@@ -121,6 +124,24 @@ class StepInputs:
             self.controls.copy_(host, non_blocking=True)
         self.fresh = False
         return self.controls
+
+    def run(self, frame_step: Any, image: torch.Tensor) -> torch.Tensor:
+        """One :class:`FrameStep` call on these inputs (after :meth:`update_controls`); keeps
+        its x0 and smoothed output as the next frame's temporal state, returns the output."""
+        output, x0, smoothed = frame_step(
+            image,
+            self.noise_from,
+            self.noise_to,
+            self.embeds_from,
+            self.embeds_to,
+            self.previous_x0,
+            self.previous_output,
+            self.controls,
+        )
+        self.previous_x0.copy_(x0)
+        self.previous_output.copy_(smoothed)
+        result: torch.Tensor = output
+        return result
 
 
 class StepInputsBackend(Backend):

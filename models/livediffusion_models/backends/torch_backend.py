@@ -119,13 +119,12 @@ class TorchBackend(StepInputsBackend):
         self.inputs = StepInputs(
             latent_shape=latent_shape,
             embed_shape=(1, max_length, int(unet.config.cross_attention_dim)),
+            image_shape=(1, 3, height, width),
             schedule=NoiseSchedule.from_scheduler_config(scheduler_config),
             device=self.device,
             dtype=dtype,
             seed=options.seed,
         )
-        self._previous_x0 = torch.zeros(latent_shape, device=self.device, dtype=dtype)
-        self._previous_output = torch.zeros((1, 3, height, width), device=self.device, dtype=dtype)
         self._image = torch.zeros((1, 3, height, width), device=self.device, dtype=dtype)
         self._shape: _ShapeBuffers | None = None
 
@@ -193,26 +192,11 @@ class TorchBackend(StepInputsBackend):
 
     @torch.inference_mode()
     def step(self, pixels: Pixels, params: FrameParams, *, out: Pixels) -> None:
-        controls = self.inputs.update_controls(params)
+        self.inputs.update_controls(params)
         buffers = self._buffers_for(pixels, out)
         self._to_model(pixels, buffers)
-        output, x0, smoothed = self._run_step(controls)
-        self._previous_x0.copy_(x0)
-        self._previous_output.copy_(smoothed)
+        output = self.inputs.run(self.frame_step, self._image)
         self._to_pixels(output, buffers, out)
-
-    def _run_step(self, controls: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        inputs = self.inputs
-        return self.frame_step(  # type: ignore[no-any-return]
-            self._image,
-            inputs.noise_from,
-            inputs.noise_to,
-            inputs.embeds_from,
-            inputs.embeds_to,
-            self._previous_x0,
-            self._previous_output,
-            controls,
-        )
 
     @torch.inference_mode()
     def passthrough(self, pixels: Pixels, *, out: Pixels) -> None:
@@ -229,7 +213,7 @@ class TorchBackend(StepInputsBackend):
         vae, unet = self.frame_step.vae, self.frame_step.unet
         device = self.device
         controls = self.inputs.controls
-        latents = self._previous_x0.clone()
+        latents = self.inputs.previous_x0.clone()
         embeds = self.inputs.embeds_to
 
         @torch.inference_mode()
@@ -254,7 +238,7 @@ class TorchBackend(StepInputsBackend):
 
         @torch.inference_mode()
         def post() -> None:
-            self._to_pixels(self._previous_output, buffers, out)
+            self._to_pixels(self.inputs.previous_output, buffers, out)
             synchronize(device)
 
         @torch.inference_mode()

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import platform
 import sys
+from dataclasses import dataclass
 from importlib import metadata
 from importlib.util import find_spec
 from typing import Literal
@@ -28,6 +29,7 @@ __all__ = [
     "TARGETS",
     "VARIANTS",
     "ComputeUnits",
+    "CoreMLSettings",
     "CoreMLUnavailableError",
     "Precision",
     "Target",
@@ -48,6 +50,21 @@ TARGETS: tuple[Target, ...] = ("macOS14", "macOS15")
 ComputeUnits = Literal["cpu_and_gpu", "all", "cpu_and_ne"]
 COMPUTE_UNITS: tuple[ComputeUnits, ...] = ("cpu_and_gpu", "all", "cpu_and_ne")
 """``cpu_and_gpu`` first: the source paper measured the Neural Engine 6x slower for this UNet."""
+
+
+@dataclass(frozen=True, slots=True)
+class CoreMLSettings:
+    """How to convert and run: the options ``convert``, ``serve``, ``bench`` and ``doctor``
+    share, and part of the conversion cache's key."""
+
+    variant: Variant = "fused"
+    precision: Precision = "fp16"
+    target: Target | None = None
+    """None: :func:`default_target` (macOS15 on a Mac running 15+, else macOS14)."""
+    compute_units: ComputeUnits = "cpu_and_gpu"
+    states: bool | None = None
+    """None: Core ML states wherever the target allows them (fused, fp16, macOS15)."""
+
 
 INSTALL_HINT = 'pip install "livediffusion[mac]"'
 

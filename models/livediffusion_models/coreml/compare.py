@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -112,7 +112,7 @@ def compare_with_torch(
     target: Target = "macOS14",
     compute_units: ComputeUnits = "cpu_and_gpu",
     cache_dir: str | os.PathLike[str] | None = None,
-    progress: Any = None,
+    progress: Callable[[str], None] | None = None,
 ) -> dict[str, float]:
     """Convert (or reuse) both variants of float32 ``components``, load them, compare.
 

@@ -22,16 +22,9 @@ from livediffusion_models.coreml import (
 from livediffusion_models.coreml.cache import ConvertedModel
 from livediffusion_models.coreml.convert import compile_programs
 
-__all__ = ["COMPUTE_UNIT_NAMES", "Feed", "Program", "load_programs", "require_runtime"]
+__all__ = ["Feed", "Program", "load_programs", "require_runtime"]
 
 Feed = Mapping[str, npt.NDArray[np.float32]]
-
-COMPUTE_UNIT_NAMES: Mapping[ComputeUnits, str] = {
-    "cpu_and_gpu": "CPU_AND_GPU",
-    "all": "ALL",
-    "cpu_and_ne": "CPU_AND_NE",
-}
-"""Our option values -> ``coremltools.ComputeUnit`` member names."""
 
 
 class Program(Protocol):
@@ -58,7 +51,7 @@ def load_programs(converted: ConvertedModel, *, compute_units: ComputeUnits) -> 
     import coremltools as ct
 
     compile_programs(converted)
-    unit = getattr(ct.ComputeUnit, COMPUTE_UNIT_NAMES[compute_units])
+    unit = ct.ComputeUnit[compute_units.upper()]  # cpu_and_gpu -> ComputeUnit.CPU_AND_GPU
     programs: dict[str, Program] = {}
     for name, program in converted.programs.items():
         programs[name] = ct.models.CompiledMLModel(str(program.compiled), compute_units=unit)
