@@ -1,16 +1,23 @@
-"""An OSC-over-UDP server that never lets a bad datagram reach the frames.
+"""An OSC-over-UDP server that never lets a bad datagram reach the frames, and answers back.
 
-Parsing is python-osc's; the receive loop is ours, so that every datagram that fails to parse,
-and every message the handler rejects, is counted and logged, then dropped. The handler runs on
-the server's thread: it should validate and hand over, not do work.
+The receive loop is ours and so is the splitting of bundles; python-osc only decodes single
+messages whose length we checked against their type tags first. So every datagram that is
+too big, from a refused address, part of a flood, malformed, or rejected by the handler is
+counted and logged at a bounded rate, then dropped. The loop is supervised: should it ever
+fail it is restarted and :attr:`OscCounters.restarts` says so. The handler runs on the
+server's thread: it should validate and hand over, not do work.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import errno
+import ipaddress
 import logging
 import socket
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -19,19 +26,21 @@ from livediffusion_bridge.errors import TransportError
 
 __all__ = [
     "OscCounters",
+    "OscMessage",
     "OscMessageHandler",
     "OscServer",
     "check_message_size",
+    "parse_allow",
+    "split_packet",
     "with_leading_slash",
 ]
 
 log = logging.getLogger(__name__)
 
-OscMessageHandler = Callable[[str, tuple[Any, ...]], None]
-"""Called with ``(address, arguments)``; raise ``ValueError`` to reject a message."""
-
-_MAX_DATAGRAM = 65_535
-_LOG_EVERY = 100  # after the first few, log one rejected datagram in this many
+_LOG_FIRST = 10
+_LOG_EVERY = 100  # after the first few, log one in this many of each kind
+_MAX_BUNDLE_DEPTH = 4
+_MAX_BUNDLE_ITEMS = 256
 
 
 _FIXED_SIZES = {"i": 4, "f": 4, "c": 4, "r": 4, "m": 4, "d": 8, "h": 8, "t": 8}
@@ -100,18 +109,156 @@ def with_leading_slash(dgram: bytes) -> bytes:
     return address + b"\0" * padding + dgram[old_end:]
 
 
+class MalformedPacket(ValueError):
+    """A datagram (or a bundle element) that is not a well-formed OSC message."""
+
+
+def split_packet(dgram: bytes, *, depth: int = 0) -> Iterator[bytes]:
+    """Yield each message datagram of a packet, bundles unpacked (time tags are ignored:
+    everything applies on arrival), each with its leading slash ensured and its length checked.
+
+    Ours rather than python-osc's ``OscBundle``: that one logs to the root logger and drops
+    elements whose address lacks the slash, which TouchDesigner channel names often do.
+    """
+    if dgram.startswith(b"#bundle\0"):
+        if depth >= _MAX_BUNDLE_DEPTH:
+            raise MalformedPacket(f"bundles nested deeper than {_MAX_BUNDLE_DEPTH}")
+        position, items = 16, 0  # "#bundle\0" and the 8-byte time tag
+        if len(dgram) < position:
+            raise MalformedPacket("bundle shorter than its header")
+        while position < len(dgram):
+            if position + 4 > len(dgram):
+                raise MalformedPacket("bundle element size truncated")
+            size = int.from_bytes(dgram[position : position + 4], "big", signed=True)
+            position += 4
+            if size <= 0 or size % 4 or position + size > len(dgram):
+                raise MalformedPacket(f"bundle element of {size} bytes does not fit")
+            items += 1
+            if items > _MAX_BUNDLE_ITEMS:
+                raise MalformedPacket(f"bundle holds more than {_MAX_BUNDLE_ITEMS} elements")
+            yield from split_packet(dgram[position : position + size], depth=depth + 1)
+            position += size
+        return
+    message = with_leading_slash(dgram)
+    if not message.startswith(b"/"):
+        raise MalformedPacket("not an OSC message or bundle")
+    problem = check_message_size(message)
+    if problem is not None:
+        raise MalformedPacket(problem)
+    yield message
+
+
+def parse_allow(
+    entries: Sequence[str],
+) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    """``["192.168.1.20", "10.0.0.0/8"]`` -> networks; a bad entry raises ``ValueError``."""
+    networks = []
+    for entry in entries:
+        try:
+            networks.append(ipaddress.ip_network(entry.strip(), strict=False))
+        except ValueError:
+            raise ValueError(
+                f"--osc-allow {entry!r} is not an address or network (like 192.168.1.20 "
+                "or 192.168.1.0/24)"
+            ) from None
+    return tuple(networks)
+
+
+@dataclass(frozen=True, slots=True)
+class OscMessage:
+    """One decoded message and who sent it (replies go back to ``sender``)."""
+
+    address: str
+    args: tuple[Any, ...]
+    sender: tuple[str, int]
+
+
+OscMessageHandler = Callable[[OscMessage], None]
+"""Called for each message; raise ``ValueError`` to reject it (counted, logged, dropped)."""
+
+
 @dataclass(frozen=True, slots=True)
 class OscCounters:
-    received: int
-    accepted: int
-    malformed: int
-    rejected: int
+    received: int  # datagrams
+    accepted: int  # messages the handler took
+    malformed: int  # datagrams or elements that do not parse, or are too big
+    rejected: int  # messages the handler refused (ValueError)
+    refused: int  # datagrams from an address outside --osc-allow
+    flooded: int  # datagrams over a sender's rate
+    failed: int  # messages whose handler raised something else (a bug: logged with traceback)
+    restarts: int  # times the receive loop failed and was restarted
+
+
+class _Bucket:
+    """A token bucket: ``rate`` datagrams a second, bursts up to ``rate``."""
+
+    __slots__ = ("stamp", "tokens")
+
+    def __init__(self, tokens: float, stamp: float) -> None:
+        self.tokens = tokens
+        self.stamp = stamp
+
+
+class _LibraryLogFilter(logging.Filter):
+    """python-osc logs with ``logging.warning`` on the root logger; send those to us instead.
+
+    A logger-level filter on the root logger sees only records logged to the root directly,
+    which is exactly python-osc's case (osc_message.py, osc_bundle.py in 1.10), so the rest of
+    the application's logging is untouched.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if "pythonosc" not in record.pathname.replace("\\", "/"):
+            return True
+        _library_drop(record.getMessage())
+        return False
+
+
+_library_count = 0
+_library_lock = threading.Lock()
+
+
+def _library_drop(text: str) -> None:
+    global _library_count
+    with _library_lock:
+        _library_count += 1
+        count = _library_count
+    if count <= _LOG_FIRST or count % _LOG_EVERY == 0:
+        log.warning("python-osc: %s (library messages so far: %d)", text[:200], count)
+
+
+_library_filter = _LibraryLogFilter()
+
+
+def _describe_bind_error(host: str, port: int, exc: OSError) -> str:
+    where = f"cannot listen for OSC on {host}:{port}"
+    if isinstance(exc, socket.gaierror):
+        return f"{where}: {host!r} is not an address this machine can resolve"
+    if exc.errno == errno.EADDRINUSE:
+        return (
+            f"{where}: the port is in use, by another livediffusion or another OSC app; "
+            "pick another with --osc-port"
+        )
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return (
+            f"{where}: this machine has no address {host}; use 127.0.0.1 (this machine only), "
+            "0.0.0.0 (every network) or one of its own addresses"
+        )
+    if exc.errno == errno.EACCES:
+        return f"{where}: permission denied (ports below 1024 need privileges); use 1024..65535"
+    return f"{where}: {exc.strerror or exc}"
 
 
 class OscServer:
-    """Receives OSC on ``host:port`` and calls ``handler`` for each message.
+    """Receives OSC on ``host:port``, calls ``handler`` for each message, and can reply.
 
-    ``port=0`` binds a free port (tests); :attr:`address` tells which.
+    ``port=0`` binds a free port (tests); :attr:`address` tells which. Replies
+    (:meth:`send`) leave from the same socket, so a host that answers to the source port of
+    what it received (TouchDesigner's OSC In DAT does) gets them.
+
+    Safety: datagrams over ``max_datagram`` bytes, senders outside ``allow`` (loopback is
+    always allowed) and datagrams beyond ``rate`` per second from one sender are dropped and
+    counted before anything is parsed.
     """
 
     def __init__(
@@ -120,28 +267,45 @@ class OscServer:
         *,
         host: str = "127.0.0.1",
         port: int = 9000,
+        allow: Sequence[str] = (),
+        max_datagram: int = 16_384,
+        rate: float = 2000.0,
         poll_interval: float = 0.1,
     ) -> None:
         self._handler = handler
         self._poll_interval = poll_interval
+        self._allow = parse_allow(allow)
+        self._max_datagram = max_datagram
+        self._rate = rate
+        self._buckets: dict[tuple[str, int], _Bucket] = {}
         try:
             family = socket.AF_INET6 if ":" in host else socket.AF_INET
             self._socket = socket.socket(family, socket.SOCK_DGRAM)
-            self._socket.bind((host, port))
+            try:
+                self._socket.bind((host, port))
+            except OSError:
+                self._socket.close()
+                raise
         except OSError as exc:
-            raise TransportError(
-                f"cannot listen for OSC on {host}:{port}: {exc.strerror or exc}. "
-                "Is another livediffusion (or another OSC app) already using that port? "
-                "Pick another with --osc-port."
-            ) from exc
+            raise TransportError(_describe_bind_error(host, port, exc)) from exc
         self._socket.settimeout(poll_interval)
         bound = self._socket.getsockname()
         self.address: tuple[str, int] = (str(bound[0]), int(bound[1]))
+        self.exposed = not ipaddress.ip_address(self.address[0]).is_loopback
+        if self.exposed and not self._allow:
+            log.warning(
+                "OSC IS OPEN TO EVERY MACHINE THAT CAN REACH %s:%d: anyone on the network can "
+                "change the picture. Limit it with --osc-allow ADDRESS_OR_NETWORK.",
+                *self.address,
+            )
         self._lock = threading.Lock()
-        self._received = self._accepted = self._malformed = self._rejected = 0
+        self._counts = {field.name: 0 for field in dataclasses.fields(OscCounters)}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._serve, name="osc", daemon=True)
         self._closed = False
+        root = logging.getLogger()
+        if _library_filter not in root.filters:
+            root.addFilter(_library_filter)
 
     def start(self) -> OscServer:
         self._thread.start()
@@ -150,58 +314,130 @@ class OscServer:
     @property
     def counters(self) -> OscCounters:
         with self._lock:
-            return OscCounters(self._received, self._accepted, self._malformed, self._rejected)
+            return OscCounters(**self._counts)
+
+    def _count(self, kind: str) -> int:
+        with self._lock:
+            self._counts[kind] += 1
+            return self._counts[kind]
+
+    # -- receiving ------------------------------------------------------------------------
 
     def _serve(self) -> None:
-        from pythonosc.osc_packet import OscPacket, ParseError
-
+        """Run the receive loop until closed; if it fails, log it, count it and run it again."""
         while not self._stop.is_set():
             try:
-                data, sender = self._socket.recvfrom(_MAX_DATAGRAM)
+                self._receive()
+            except Exception:
+                restarts = self._count("restarts")
+                log.exception("OSC receive loop failed; restarted (%d so far)", restarts)
+                self._stop.wait(0.05)
+
+    def _receive(self) -> None:
+        while not self._stop.is_set():
+            try:
+                data, sender = self._socket.recvfrom(self._max_datagram + 1)
             except TimeoutError:
                 continue
             except OSError:
                 if self._stop.is_set():
                     return
-                log.exception("OSC socket error; still listening")
+                self._drop("malformed", "OSC socket error; still listening")
                 continue
-            with self._lock:
-                self._received += 1
-            data = with_leading_slash(data)
+            self._count("received")
+            peer = (str(sender[0]), int(sender[1]))
+            if not self._allowed(peer[0]):
+                self._drop("refused", f"OSC from {peer[0]} refused: not in --osc-allow")
+                continue
+            if not self._within_rate(peer):
+                self._drop("flooded", f"OSC from {peer[0]} dropped: over {self._rate:g}/s")
+                continue
+            if len(data) > self._max_datagram:
+                self._drop(
+                    "malformed", f"OSC datagram from {peer[0]} over {self._max_datagram} bytes"
+                )
+                continue
+            self._dispatch(data, peer)
+
+    def _allowed(self, host: str) -> bool:
+        if not self._allow:
+            return True
+        try:
+            address = ipaddress.ip_address(host.split("%", maxsplit=1)[0])
+        except ValueError:
+            return False
+        if address.is_loopback:
+            return True
+        return any(address in network for network in self._allow)
+
+    def _within_rate(self, peer: tuple[str, int]) -> bool:
+        """One bucket per sending socket: a runaway patch is cut, the rest still get in."""
+        now = time.monotonic()
+        bucket = self._buckets.get(peer)
+        if bucket is None:
+            if len(self._buckets) >= 1024:
+                self._buckets.clear()  # bounded: forget every sender rather than grow
+            bucket = self._buckets[peer] = _Bucket(self._rate, now)
+        bucket.tokens = min(self._rate, bucket.tokens + (now - bucket.stamp) * self._rate)
+        bucket.stamp = now
+        if bucket.tokens < 1.0:
+            return False
+        bucket.tokens -= 1.0
+        return True
+
+    def _dispatch(self, data: bytes, peer: tuple[str, int]) -> None:
+        from pythonosc.osc_message import OscMessage as _Decoded
+        from pythonosc.osc_message import ParseError
+
+        where = f"{peer[0]}:{peer[1]}"
+        try:
+            dgrams = list(split_packet(data))
+        except MalformedPacket as exc:
+            self._drop("malformed", f"OSC datagram from {where} dropped: {exc}")
+            return
+        for dgram in dgrams:
             try:
-                messages = [timed.message for timed in OscPacket(data).messages]
-            except (ParseError, UnicodeDecodeError) as exc:
+                decoded = _Decoded(dgram)
+                address, args = decoded.address, tuple(decoded.params)
+            except (ParseError, UnicodeDecodeError, ValueError, IndexError) as exc:
                 # python-osc decodes strings as UTF-8 and lets UnicodeDecodeError through
                 # (osc_types.get_string): a Latin-1 "/prompt caf\xe9" must not end this thread
-                self._drop("malformed", f"OSC datagram from {sender[0]}:{sender[1]} dropped: {exc}")
+                self._drop("malformed", f"OSC message from {where} dropped: {exc}")
                 continue
-            for message in messages:
-                problem = check_message_size(message.dgram)
-                if problem is not None:
-                    self._drop("malformed", f"OSC {message.address} dropped: {problem}")
-                    continue
-                try:
-                    self._handler(message.address, tuple(message.params))
-                except ValueError as exc:
-                    self._drop("rejected", f"OSC {message.address} dropped: {exc}")
-                except Exception:
-                    self._drop("rejected", f"OSC {message.address} dropped: handler failed")
-                    log.debug("handler failure", exc_info=True)
-                else:
-                    with self._lock:
-                        self._accepted += 1
+            try:
+                self._handler(OscMessage(address, args, peer))
+            except ValueError as exc:
+                self._drop("rejected", f"OSC {address[:80]} dropped: {exc}")
+            except Exception:
+                count = self._count("failed")
+                if count <= _LOG_FIRST or count % _LOG_EVERY == 0:
+                    log.exception("OSC %s: handler failed (a bug; %d so far)", address[:80], count)
+            else:
+                self._count("accepted")
 
     def _drop(self, kind: str, text: str) -> None:
-        with self._lock:
-            if kind == "malformed":
-                self._malformed += 1
-                count = self._malformed
-            else:
-                self._rejected += 1
-                count = self._rejected
+        count = self._count(kind)
         # A flood of junk must not flood the log (or slow this thread down).
-        if count <= 10 or count % _LOG_EVERY == 0:
+        if count <= _LOG_FIRST or count % _LOG_EVERY == 0:
             log.warning("%s (%s so far: %d)", text, kind, count)
+
+    # -- sending --------------------------------------------------------------------------
+
+    def send(self, address: str, args: Sequence[Any], to: tuple[str, int]) -> bool:
+        """Send one message from the listening socket; False (logged) if it could not go."""
+        from pythonosc.osc_message_builder import OscMessageBuilder
+
+        builder = OscMessageBuilder(address)
+        for arg in args:
+            builder.add_arg(arg)
+        try:
+            self._socket.sendto(builder.build().dgram, to)
+        except (OSError, ValueError) as exc:
+            count = self._count("failed")
+            if count <= _LOG_FIRST or count % _LOG_EVERY == 0:
+                log.warning("OSC reply %s to %s:%s failed: %s", address, to[0], to[1], exc)
+            return False
+        return True
 
     def close(self) -> None:
         """Stop listening and join the thread. Safe to call twice."""

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 import socket
 import struct
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -14,17 +16,26 @@ from pythonosc.osc_message_builder import OscMessageBuilder
 from pythonosc.udp_client import SimpleUDPClient
 
 from livediffusion.controls import Controls, ControlStore
-from livediffusion.engine import Engine, EngineOptions
+from livediffusion.engine import Engine
+from livediffusion.presets import PresetFile
+from livediffusion.surface import ControlSurface
 from livediffusion_bridge import TransportError, memory, open_sink, open_source
-from livediffusion_bridge.osc import OscServer
+from livediffusion_bridge.osc import OscMessage, OscServer
 
 pytestmark = pytest.mark.integration
 
 
+_STATUS = (12.5, 11.0, 40.25, 3, "sdxs-512-0.9", "torch cpu float32")
+
+
 @pytest.fixture
-def served() -> Iterator[tuple[ControlStore, OscServer, SimpleUDPClient]]:
+def served(tmp_path: Path) -> Iterator[tuple[ControlStore, OscServer, SimpleUDPClient]]:
     store = ControlStore()
-    server = OscServer(store.handle_osc, host="127.0.0.1", port=0).start()
+    surface = ControlSurface(
+        store, presets=PresetFile(tmp_path / "presets.json"), status=lambda: _STATUS
+    )
+    server = OscServer(surface.handle_osc, host="127.0.0.1", port=0).start()
+    surface.attach(server)
     client = SimpleUDPClient(*server.address)
     yield store, server, client
     server.close()
@@ -112,25 +123,29 @@ def test_bytes_that_are_not_utf8_never_end_osc(
 
 def test_port_in_use_is_a_clear_error() -> None:
     with (
-        OscServer(lambda a, b: None, port=0) as first,
-        pytest.raises(TransportError, match="--osc-port"),
+        OscServer(lambda message: None, port=0) as first,
+        pytest.raises(TransportError, match=r"in use.*--osc-port"),
     ):
-        OscServer(lambda a, b: None, port=first.address[1])
+        OscServer(lambda message: None, port=first.address[1])
+
+
+def test_an_address_this_machine_lacks_is_a_clear_error() -> None:
+    with pytest.raises(TransportError, match=r"this machine has no address 192\.0\.2\.254"):
+        OscServer(lambda message: None, host="192.0.2.254", port=0)
 
 
 def test_frames_keep_flowing_during_a_junk_burst(make_tiny_backend: Callable[..., Any]) -> None:
     memory.reset()
-    store = ControlStore(Controls(smoothing=0.0, feedback=0.0))
+    store = ControlStore(Controls(smoothing=0.0, feedback=0.0, prompt_glide=0.0))
     engine = Engine(
         source=open_source("memory://cam"),
         sink=open_sink("memory://out"),
         backend=make_tiny_backend(),
         controls=store,
-        options=EngineOptions(prompt_glide=0.0),
     )
     picture = np.random.default_rng(0).integers(0, 256, (64, 64, 4), dtype=np.uint8)
     out = memory.channel("out")
-    with OscServer(store.handle_osc, port=0) as server, engine:
+    with OscServer(lambda m: store.handle_osc(m.address, m.args), port=0) as server, engine:
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         memory.channel("cam").push(picture)
         out.wait_published(1, timeout=30)
@@ -147,3 +162,257 @@ def test_frames_keep_flowing_during_a_junk_burst(make_tiny_backend: Callable[...
     engine.source.close()
     engine.sink.close()
     memory.reset()
+
+
+def _bound(host: str = "127.0.0.1") -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind((host, 0))
+    sock.settimeout(2.0)
+    return sock
+
+
+def _reply(sock: socket.socket) -> tuple[str, list[Any], str]:
+    from pythonosc.osc_message import OscMessage as Decoded
+
+    decoded = Decoded(sock.recv(65_535))
+    tags = decoded.dgram[decoded.dgram.index(b",") + 1 :].split(b"\0")[0].decode()
+    return decoded.address, list(decoded.params), tags
+
+
+def test_status_and_ping_answer_the_sender(
+    served: tuple[ControlStore, OscServer, SimpleUDPClient],
+) -> None:
+    _, server, _ = served
+    with _bound() as asker:
+        asker.sendto(_message("/status", 1), server.address)
+        address, params, tags = _reply(asker)
+        assert (address, tags) == ("/status", "fffiss")
+        assert params == pytest.approx(list(_STATUS))
+        asker.sendto(OscMessageBuilder("/ping").build().dgram, server.address)
+        assert _reply(asker)[:2] == ("/pong", [])
+        asker.sendto(_message("/ping", "hello"), server.address)
+        assert _reply(asker)[:2] == ("/pong", ["hello"])
+
+
+def test_touchdesigner_habits(
+    served: tuple[ControlStore, OscServer, SimpleUDPClient],
+) -> None:
+    from pythonosc.osc_bundle_builder import IMMEDIATELY, OscBundleBuilder
+
+    store, server, _ = served
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    # channel names as addresses: no slash, underscores for slashes, one float each
+    sock.sendto(_message("strength", 0.5), server.address)
+    sock.sendto(_message("prompt_mix", 0.25), server.address)
+    sock.sendto(_message("seed", 9.0), server.address)
+    sock.sendto(_message("bypass", 1.0), server.address)
+    _wait_for(lambda: store.snapshot().bypass)
+    snap = store.snapshot()
+    assert (snap.strength, snap.prompt_mix, snap.seed) == (0.5, 0.25, 9)
+    assert isinstance(snap.seed, int)
+    # a bundle (an OSC Out CHOP sends one per cook when asked), nested, slashless inside
+    inner = OscBundleBuilder(IMMEDIATELY)
+    inner.add_content(OscMessageBuilder("smoothing").build())  # no argument: rejected
+    for address, value in (("feedback", 0.3), ("/blend", 1), ("/glide", 2)):
+        builder = OscMessageBuilder(address)
+        builder.add_arg(value)
+        inner.add_content(builder.build())
+    outer = OscBundleBuilder(IMMEDIATELY)
+    outer.add_content(inner.build())
+    accepted = server.counters.accepted
+    sock.sendto(outer.build().dgram, server.address)
+    _wait_for(lambda: store.snapshot().glide == 2.0)
+    snap = store.snapshot()
+    assert (snap.feedback, snap.blend, snap.glide) == (pytest.approx(0.3), 1.0, 2.0)
+    assert server.counters.accepted == accepted + 3
+    assert server.counters.rejected == 1
+
+
+def test_actions_reset_and_presets(
+    served: tuple[ControlStore, OscServer, SimpleUDPClient], tmp_path: Path
+) -> None:
+    store, server, client = served
+    client.send_message("/reset", [])
+    client.send_message("/reset", 0.0)  # a button's release does nothing
+    client.send_message("/reset", 1.0)
+    _wait_for(lambda: server.counters.accepted == 3)
+    assert store.resets == 2
+    client.send_message("/strength", 0.3)
+    client.send_message("/prompt/b", "second look")
+    client.send_message("/preset/save", 7.0)
+    _wait_for((tmp_path / "presets.json").exists)
+    client.send_message("/strength", 0.9)
+    client.send_message("/prompt/b", "")
+    _wait_for(lambda: store.snapshot().prompt_b == "")
+    accepted = server.counters.accepted
+    client.send_message("/preset/recall", 7)
+    _wait_for(lambda: server.counters.accepted == accepted + 1)
+    assert store.snapshot().prompt_b == "second look"
+    assert store.snapshot().strength == pytest.approx(0.3)  # OSC floats are 32-bit
+    assert store.glide_seconds() == 1.0  # a recall glides even with /glide at 0
+    rejected = server.counters.rejected
+    client.send_message("/preset/recall", 8)  # never saved: rejected, nothing changes
+    _wait_for(lambda: server.counters.rejected == rejected + 1)
+    assert store.snapshot().strength == pytest.approx(0.3)
+
+
+def test_the_allow_list_refuses_other_senders(tmp_path: Path) -> None:
+    store = ControlStore()
+    addresses = {"192.0.2.2", "127.0.0.1"}
+    outside = next((a for a in addresses if a != "127.0.0.1" and _has_address(a)), None)
+    if outside is None:
+        pytest.skip("this machine has no address besides loopback to send from")
+
+    def handler(message: OscMessage) -> None:
+        store.handle_osc(message.address, message.args)
+
+    for allow, refused in ((["10.0.0.0/8"], True), ([outside + "/24"], False)):
+        with (
+            OscServer(handler, host="0.0.0.0", port=0, allow=allow) as server,
+            _bound(outside) as sender,
+        ):
+            target = (outside, server.address[1])
+            sender.sendto(_message("/blend", 0.5), target)
+            with _bound() as local:  # loopback is always allowed
+                local.sendto(_message("/feedback", 0.5), ("127.0.0.1", server.address[1]))
+            _wait_for(lambda: server.counters.received == 2)
+            time.sleep(0.1)
+            assert server.counters.refused == (1 if refused else 0)
+            assert (store.snapshot().blend == 0.5) is not refused
+            assert store.snapshot().feedback == 0.5
+        store.update(blend=0.0, feedback=0.0)
+
+
+def _has_address(host: str) -> bool:
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.bind((host, 0))
+    except OSError:
+        return False
+    return True
+
+
+def test_listening_beyond_this_machine_without_an_allow_list_warns(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with OscServer(lambda message: None, host="0.0.0.0", port=0) as server:
+        assert server.exposed
+    assert any("--osc-allow" in record.getMessage() for record in caplog.records)
+
+
+def test_a_flood_from_one_sender_is_cut_and_counted() -> None:
+    store = ControlStore()
+    accepted: list[str] = []
+
+    def handler(message: OscMessage) -> None:
+        store.handle_osc(message.address, message.args)
+        accepted.append(message.address)
+
+    with OscServer(handler, port=0, rate=200.0) as server, _bound() as flooder, _bound() as calm:
+        datagram = _message("/blend", 0.5)
+        began = time.monotonic()
+        for _ in range(3000):
+            flooder.sendto(datagram, server.address)
+        # another sender gets in (sent again if the kernel dropped it with the burst)
+        deadline = time.monotonic() + 5.0
+        while store.snapshot().feedback != 0.25 and time.monotonic() < deadline:
+            calm.sendto(_message("/feedback", 0.25), server.address)
+            time.sleep(0.05)
+        assert store.snapshot().feedback == 0.25
+        _wait_until_quiet(server)
+        elapsed = time.monotonic() - began
+        counters = server.counters
+        blends = accepted.count("/blend")
+        # the kernel may drop some of the burst itself; of what arrived, the excess was cut
+        assert counters.received > 500 and counters.flooded > counters.received // 2
+        assert counters.flooded + blends + accepted.count("/feedback") == counters.received
+        assert blends <= 200 + 200 * elapsed + 1
+        time.sleep(0.2)  # the bucket refills: the same sender is heard again
+        flooder.sendto(_message("/smoothing", 0.75), server.address)
+        _wait_for(lambda: store.snapshot().smoothing == 0.75)
+
+
+def test_oversized_datagrams_are_dropped() -> None:
+    store = ControlStore()
+    with OscServer(
+        lambda m: store.handle_osc(m.address, m.args), port=0, max_datagram=1024
+    ) as server:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.sendto(_message("/prompt", "x" * 1500), server.address)
+        sock.sendto(_message("/prompt", "short"), server.address)
+        _wait_for(lambda: store.snapshot().prompt == "short")
+        assert server.counters.malformed == 1
+
+
+def test_a_handler_bug_is_logged_with_its_traceback(caplog: pytest.LogCaptureFixture) -> None:
+    def buggy(message: OscMessage) -> None:
+        raise KeyError("a bug, not bad input")
+
+    with OscServer(buggy, port=0) as server:
+        SimpleUDPClient(*server.address).send_message("/strength", 0.5)
+        _wait_for(lambda: server.counters.failed == 1)
+    [record] = [r for r in caplog.records if "handler failed" in r.getMessage()]
+    assert record.exc_info is not None and record.exc_info[0] is KeyError
+
+
+def test_a_failing_receive_loop_is_restarted(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import livediffusion_bridge.osc as osc_module
+
+    real = osc_module.split_packet
+    calls = [0]
+
+    def fails_once(dgram: bytes, *, depth: int = 0) -> Iterator[bytes]:
+        calls[0] += 1
+        if calls[0] == 1:
+            raise MemoryError("simulated failure inside the loop")
+        return real(dgram, depth=depth)
+
+    monkeypatch.setattr(osc_module, "split_packet", fails_once)
+    store = ControlStore()
+    with OscServer(lambda m: store.handle_osc(m.address, m.args), port=0) as server:
+        client = SimpleUDPClient(*server.address)
+        client.send_message("/blend", 0.5)  # this one ends the loop
+        _wait_for(lambda: server.counters.restarts == 1)
+        client.send_message("/feedback", 0.5)
+        _wait_for(lambda: store.snapshot().feedback == 0.5)
+    assert any("restarted" in r.getMessage() and r.exc_info for r in caplog.records)
+
+
+def _wait_until_quiet(server: OscServer) -> None:
+    """Until the server has read everything the kernel kept of a burst."""
+    last = -1
+    while server.counters.received != last:
+        last = server.counters.received
+        time.sleep(0.3)
+
+
+def test_python_osc_logging_goes_through_the_rate_limit() -> None:
+    """python-osc logs with logging.warning() on the root logger; 5,000 of them are a few."""
+    from pythonosc.osc_message import OscMessage as Decoded
+
+    records: list[logging.LogRecord] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    root = logging.getLogger()
+    handler = Collect()
+    root.addHandler(handler)
+    try:
+        with OscServer(lambda message: None, port=0, rate=1e6) as server:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            for _ in range(5000):
+                sock.sendto(b"/strength\0\0\0,q\0\0", server.address)  # unknown type tag
+            _wait_until_quiet(server)
+            for _ in range(500):  # and python-osc's own warning, called directly
+                Decoded(b"/strength\0\0\0,q\0\0")
+    finally:
+        root.removeHandler(handler)
+    received = server.counters.received
+    assert received > 1000  # the kernel may drop some of a burst; the rest were read
+    assert server.counters.malformed == received
+    assert 0 < len(records) <= 2 * (10 + received // 100)
+    assert sum("python-osc" in r.getMessage() for r in records) <= 10 + 500 // 100
