@@ -22,8 +22,8 @@ from types import TracebackType
 import numpy as np
 import numpy.typing as npt
 
-from livediffusion.controls import Controls, ControlStore
-from livediffusion.glide import Glide
+from livediffusion.controls import GLIDING_FIELDS, Controls, ControlStore
+from livediffusion.glide import Glide, Ramp
 from livediffusion.prompts import PromptEncoder
 from livediffusion.slots import BufferPool, LatestSlot
 from livediffusion.status import Stats
@@ -40,8 +40,6 @@ _POLL = 0.1  # seconds a thread waits before re-checking for shutdown
 @dataclass(frozen=True, slots=True)
 class EngineOptions:
     output_size: tuple[int, int] | None = None  # (height, width); None = the input's size
-    prompt_glide: float = 0.5  # seconds
-    seed_glide: float = 0.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,8 +72,12 @@ class Engine:
         self._inputs: LatestSlot[Frame] = LatestSlot()
         self._outputs: LatestSlot[_Result] = LatestSlot()
         self._pool = BufferPool()
-        self._prompt_glide = Glide(self.options.prompt_glide)
-        self._seed_glide = Glide(self.options.seed_glide)
+        first = controls.snapshot()
+        self._prompt_glide = Glide(first.prompt_glide)
+        self._seed_glide = Glide(first.seed_glide)
+        self._ramps = {field: Ramp(getattr(first, field)) for field in GLIDING_FIELDS}
+        self._resets = controls.resets
+        self._has_b = False  # a B prompt has reached the backend
         self._prompts = PromptEncoder(backend.encode_prompt, controls)
         self._stop = stop or threading.Event()
         self._errors: list[BaseException] = []
@@ -94,6 +96,9 @@ class Engine:
         """Encode the starting prompt, start the threads, and return once the model is warm."""
         first = self.controls.snapshot()
         self.backend.set_prompt(self._prompts.encode(first.prompt))
+        if first.prompt_b:
+            self.backend.set_prompt(self._prompts.encode(first.prompt_b), slot="b")
+            self._has_b = True
         self.backend.set_seed(first.seed)
         self._seed = first.seed
         self._prompts.start()
@@ -175,6 +180,10 @@ class Engine:
             if frame is None:
                 continue
             controls = self.controls.snapshot()
+            if self.controls.resets != self._resets:
+                self._resets = self.controls.resets
+                self.backend.reset()
+                log.info("temporal state reset")
             if controls.paused:
                 continue  # the sink keeps showing the last published frame
             out_h, out_w = self.options.output_size or (frame.height, frame.width)
@@ -195,25 +204,38 @@ class Engine:
                 self._pool.release(replaced.pixels)
 
     def _frame_params(self, controls: Controls) -> FrameParams:
-        """Turn one snapshot into this frame's values, starting glides for new prompt/seed."""
+        """Turn one snapshot into this frame's values: glides for new prompts and seeds, ramps
+        for numeric values."""
         now = time.monotonic()
-        ready = self._prompts.take_ready()
-        if ready is not None:
-            text, embedding = ready
-            self.backend.set_prompt(embedding, from_mix=self._prompt_glide.position(now))
-            self._prompt_glide.restart(now)
-            log.info("prompt: %s", text[:120])
+        self._prompt_glide.seconds = controls.prompt_glide
+        self._seed_glide.seconds = controls.seed_glide
+        for slot in ("a", "b"):
+            ready = self._prompts.take_ready(slot)
+            if ready is not None:
+                text, embedding = ready
+                position = self._prompt_glide.position(now)
+                self.backend.set_prompt(embedding, from_mix=position, slot=slot)
+                self._prompt_glide.restart(now)
+                self._has_b = self._has_b or slot == "b"
+                log.info("prompt %s: %s", slot.upper(), text[:120])
         if controls.seed != self._seed:
             self.backend.set_seed(controls.seed, from_mix=self._seed_glide.position(now))
             self._seed_glide.restart(now)
             self._seed = controls.seed
+        seconds = self.controls.glide_seconds()
+        value = {
+            field: ramp.follow(getattr(controls, field), now, seconds)
+            for field, ramp in self._ramps.items()
+        }
+        morph = value["prompt_mix"] if self._has_b and controls.prompt_b else 0.0
         return FrameParams(
-            strength=controls.strength,
-            feedback=controls.feedback,
-            smoothing=controls.smoothing,
-            blend=controls.blend,
+            strength=value["strength"],
+            feedback=value["feedback"],
+            smoothing=value["smoothing"],
+            blend=value["blend"],
             prompt_mix=self._prompt_glide.position(now),
             seed_mix=self._seed_glide.position(now),
+            morph=morph,
         )
 
     def _publish(self) -> None:

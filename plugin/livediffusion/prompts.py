@@ -1,9 +1,10 @@
 """Prompt text -> embedding, on its own thread, so a new prompt never stalls a frame.
 
-The thread watches the :class:`ControlStore`; when ``prompt`` changes it encodes the text (or
-takes it from a small LRU cache, so flipping between a set's prompts is instant) and leaves the
-embedding in a latest-wins slot. The inference thread picks it up between frames and starts
-a glide. A prompt that was superseded while it was being encoded is never shown.
+The thread watches the :class:`ControlStore`; when ``prompt`` or ``prompt_b`` changes it
+encodes the text (or takes it from a small LRU cache, so flipping between a set's prompts is
+instant) and leaves the embedding in that prompt's latest-wins slot. The inference thread picks
+it up between frames and starts a glide. A prompt that was superseded while it was being
+encoded is never shown.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 
 from livediffusion.controls import ControlStore
 from livediffusion.slots import LatestSlot
+from livediffusion_models.backends.base import PromptSlot
 
 __all__ = ["PromptEncoder"]
 
@@ -30,10 +32,14 @@ class PromptEncoder:
         self._store = store
         self._cache: OrderedDict[str, Any] = OrderedDict()
         self._cache_size = cache_size
-        self._ready: LatestSlot[tuple[str, Any]] = LatestSlot()
+        self._ready: dict[PromptSlot, LatestSlot[tuple[str, Any]]] = {
+            "a": LatestSlot(),
+            "b": LatestSlot(),
+        }
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="prompt-encoder", daemon=True)
-        self._current = store.snapshot().prompt
+        first = store.snapshot()
+        self._current: dict[PromptSlot, str] = {"a": first.prompt, "b": first.prompt_b}
 
     def encode(self, text: str) -> Any:
         """Encode (or recall) ``text`` on the calling thread."""
@@ -51,27 +57,38 @@ class PromptEncoder:
         self._thread.start()
         return self
 
-    def take_ready(self) -> tuple[str, Any] | None:
-        """The newest finished ``(text, embedding)`` not yet taken; never blocks."""
-        return self._ready.take(timeout=0.0)
+    def take_ready(self, slot: PromptSlot = "a") -> tuple[str, Any] | None:
+        """The newest finished ``(text, embedding)`` for a slot not yet taken; never blocks."""
+        return self._ready[slot].take(timeout=0.0)
 
     def _run(self) -> None:
         version = self._store.version
         while not self._stop.is_set():
             version = self._store.wait_for_change(version, timeout=0.2)
-            text = self._store.snapshot().prompt
-            if text == self._current:
-                continue
-            self._current = text
-            try:
-                embedding = self.encode(text)
-            except Exception:
-                log.exception("could not encode prompt %r; keeping the previous one", text[:80])
-                continue
-            if self._store.snapshot().prompt == text:
-                self._ready.put((text, embedding))
+            for slot in ("a", "b"):
+                self._refresh(slot)
+
+    def _refresh(self, slot: PromptSlot) -> None:
+        text = _text(self._store, slot)
+        if text == self._current[slot]:
+            return
+        self._current[slot] = text
+        if not text and slot == "b":
+            return  # no B prompt: the engine holds the morph at A
+        try:
+            embedding = self.encode(text)
+        except Exception:
+            log.exception("could not encode prompt %r; keeping the previous one", text[:80])
+            return
+        if _text(self._store, slot) == text:
+            self._ready[slot].put((text, embedding))
 
     def close(self) -> None:
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join(timeout=1.5)
+
+
+def _text(store: ControlStore, slot: PromptSlot) -> str:
+    controls = store.snapshot()
+    return controls.prompt if slot == "a" else controls.prompt_b

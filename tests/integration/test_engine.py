@@ -23,6 +23,9 @@ def _picture(seed: int, height: int = 48, width: int = 80) -> np.ndarray:
     return pixels
 
 
+_STILL = Controls(smoothing=0.0, feedback=0.0, prompt_glide=0.0, seed_glide=0.0)
+
+
 @pytest.fixture
 def running(make_tiny_backend: Callable[..., Any]) -> Iterator[Callable[..., Engine]]:
     memory.reset()
@@ -33,8 +36,8 @@ def running(make_tiny_backend: Callable[..., Any]) -> Iterator[Callable[..., Eng
             source=open_source("memory://cam"),
             sink=open_sink("memory://out"),
             backend=make_tiny_backend(),
-            controls=ControlStore(controls or Controls(smoothing=0.0, feedback=0.0)),
-            options=EngineOptions(prompt_glide=0.0, seed_glide=0.0, **options),
+            controls=ControlStore(controls or _STILL),
+            options=EngineOptions(**options),
         )
         engines.append(engine.start())
         return engine
@@ -153,8 +156,9 @@ def test_a_glide_reaches_the_new_prompt(make_tiny_backend: Callable[..., Any]) -
         source=open_source("memory://cam"),
         sink=open_sink("memory://out"),
         backend=make_tiny_backend(),
-        controls=ControlStore(Controls(smoothing=0.0, feedback=0.0)),
-        options=EngineOptions(prompt_glide=0.3, seed_glide=0.3),
+        controls=ControlStore(
+            Controls(smoothing=0.0, feedback=0.0, prompt_glide=0.3, seed_glide=0.3)
+        ),
     )
     with engine:
         picture = _picture(6)
@@ -170,3 +174,78 @@ def test_a_glide_reaches_the_new_prompt(make_tiny_backend: Callable[..., Any]) -
     between = [o for o in outputs if np.abs(o - before).mean() > 0 and np.abs(o - final).mean() > 0]
     assert between
     memory.reset()
+
+
+def _first_output_after(picture: np.ndarray) -> np.ndarray:
+    """The output of the first frame of ``picture``: nothing else in flight or waiting."""
+    time.sleep(0.3)  # an in-flight frame finishes; a waiting one is replaced by the push
+    return _next_output(picture, after=memory.channel("out").published_count)
+
+
+def test_prompt_morph_crossfades_two_prompts(running: Callable[..., Engine]) -> None:
+    engine = running()
+    picture = _picture(7)
+    store = engine.controls
+    only_a = _settled_output(picture).astype(int)
+    store.update(prompt_b="a completely different prompt")
+    assert np.array_equal(_settled_output(picture).astype(int), only_a)  # mix 0 shows A
+    store.update(prompt_mix=1.0)
+    all_b = _settled_output(picture).astype(int)
+    store.update(prompt_mix=0.5)
+    half = _settled_output(picture).astype(int)
+    store.update(prompt="a completely different prompt", prompt_b="", prompt_mix=1.0)
+    b_as_a = _settled_output(picture).astype(int)
+    assert np.abs(all_b - only_a).mean() > 0.2
+    # mix 1 is exactly prompt B (as if it were prompt A); the empty B leaves A alone
+    assert np.abs(all_b - b_as_a).max() <= 1
+    assert np.abs(half - only_a).mean() > 0.02 and np.abs(half - all_b).mean() > 0.02
+
+
+def test_glide_ramps_numeric_values_over_the_set_time(running: Callable[..., Engine]) -> None:
+    engine = running()
+    picture = _picture(8)
+    store = engine.controls
+    start = _settled_output(picture).astype(int)
+    store.update(glide=1.5)
+    began = time.monotonic()
+    store.update(strength=0.2)
+    during = []
+    while time.monotonic() - began < 1.0:
+        during.append(_settled_output(picture, frames=1).astype(int))
+    time.sleep(max(0.0, 1.6 - (time.monotonic() - began)))
+    end = _settled_output(picture).astype(int)
+    assert np.abs(end - start).mean() > 0.5
+    distances = [float(np.abs(frame - end).mean()) for frame in during]
+    # in between for the whole first second, not a jump to the end
+    assert all(distance > 0.05 for distance in distances), distances
+    assert any(float(np.abs(frame - start).mean()) > 0.05 for frame in during)
+
+
+def test_a_recall_glides_even_when_glide_is_zero(running: Callable[..., Engine]) -> None:
+    engine = running()
+    picture = _picture(9)
+    start = _settled_output(picture).astype(int)
+    engine.controls.update(ramp_seconds=1.5, strength=0.2)
+    _settled_output(picture, frames=1)  # the ramp starts at the first frame after the change
+    time.sleep(0.4)
+    soon = _settled_output(picture, frames=1).astype(int)
+    time.sleep(1.2)
+    end = _settled_output(picture).astype(int)
+    assert np.abs(soon - end).mean() > 0.05 and np.abs(soon - start).mean() > 0.05
+
+
+def test_reset_forgets_feedback_and_smoothing(running: Callable[..., Engine]) -> None:
+    engine = running(Controls(feedback=0.6, smoothing=0.8, prompt_glide=0.0, seed_glide=0.0))
+    first, second = _picture(10), _picture(11)
+
+    def after_history(reset: bool) -> np.ndarray:
+        _settled_output(first, frames=4)
+        if reset:
+            engine.controls.request_reset()
+        return _first_output_after(second).astype(int)
+
+    with_reset = after_history(True)
+    again = after_history(True)
+    without = after_history(False)
+    assert np.array_equal(with_reset, again)  # history no longer matters
+    assert np.abs(without - with_reset).mean() > 0.5  # without a reset it does

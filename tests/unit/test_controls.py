@@ -5,7 +5,16 @@ import threading
 
 import pytest
 
-from livediffusion.controls import ControlError, Controls, ControlStore, parse_message
+from livediffusion.controls import (
+    CONTROLS,
+    ControlError,
+    Controls,
+    ControlStore,
+    address_table,
+    canonical_address,
+    parse_message,
+    validate_values,
+)
 
 
 @pytest.mark.parametrize(
@@ -23,12 +32,38 @@ from livediffusion.controls import ControlError, Controls, ControlStore, parse_m
         ("/pause", (1,), {"paused": True}),
         ("/prompt", ("neon jellyfish",), {"prompt": "neon jellyfish"}),
         ("/prompt", ("",), {"prompt": ""}),
+        ("/prompt/a", ("a",), {"prompt": "a"}),
+        ("/prompt/b", ("b",), {"prompt_b": "b"}),
+        ("/prompt/mix", (1,), {"prompt_mix": 1.0}),
+        ("/glide", (2,), {"glide": 2.0}),
+        ("/prompt/glide", (0.0,), {"prompt_glide": 0.0}),
+        ("/seed/glide", (60.0,), {"seed_glide": 60.0}),
     ],
 )
 def test_valid_messages(
     address: str, args: tuple[object, ...], expected: dict[str, object]
 ) -> None:
-    assert parse_message(address, args) == expected
+    command = parse_message(address, args)
+    assert {command.spec.field: command.value} == expected
+    assert type(command.value) is type(next(iter(expected.values())))
+
+
+@pytest.mark.parametrize(
+    ("address", "args", "value"),
+    [
+        ("/preset/save", (3,), 3),
+        ("/preset/recall", (3.0,), 3),  # TouchDesigner's float for a whole number
+        ("/reset", (), True),
+        ("/reset", (1.0,), True),
+        ("/reset", (0,), None),  # a button's release: nothing to do
+        ("/ping", ("x", 1), ("x", 1)),
+        ("/status", (), ()),
+    ],
+)
+def test_actions(address: str, args: tuple[object, ...], value: object) -> None:
+    command = parse_message(address, args)
+    assert command.spec.field is None
+    assert command.value == value
 
 
 @pytest.mark.parametrize(
@@ -48,6 +83,15 @@ def test_valid_messages(
         ("/prompt", (3,), "one string"),
         ("/prompt", ("x" * 5000,), "at most"),
         ("/nonsense", (1,), "unknown address"),
+        ("/prompt", ("a\0b",), "NUL"),
+        ("/prompt/mix", (1.01,), "between 0 and 1"),
+        ("/glide", (-1,), "between 0 and 60"),
+        ("/glide", (61,), "between 0 and 60"),
+        ("/preset/save", (1.5,), "whole number"),
+        ("/preset/recall", (1000,), "between 0 and 999"),
+        ("/preset/recall", (), "one number"),
+        ("/preset/recall", ("../../etc/passwd",), "takes a number"),
+        ("/reset", (2,), "0 or 1"),
     ],
 )
 def test_invalid_messages_raise_control_error(
@@ -55,6 +99,47 @@ def test_invalid_messages_raise_control_error(
 ) -> None:
     with pytest.raises(ControlError, match=fragment):
         parse_message(address, args)
+
+
+@pytest.mark.parametrize(
+    ("sent", "prefix", "expected"),
+    [
+        ("/strength", "", "/strength"),
+        ("strength", "", "/strength"),  # a TouchDesigner channel name
+        ("prompt_mix", "", "/prompt/mix"),  # channel names cannot hold every character
+        ("/prompt/mix", "", "/prompt/mix"),
+        ("preset_recall", "", "/preset/recall"),
+        ("/stage1/strength", "/stage1", "/strength"),
+        ("stage1/prompt_mix", "/stage1", "/prompt/mix"),
+        ("/strength", "/stage1", None),  # under a prefix, the prefix is required
+        ("/stage2/strength", "/stage1", None),
+        ("/stage1", "/stage1", None),
+        ("/stage1/", "/stage1", None),
+        ("/stage1strength", "/stage1", None),
+        ("/nope", "", None),
+        ("", "", None),
+    ],
+)
+def test_canonical_address(sent: str, prefix: str, expected: str | None) -> None:
+    assert canonical_address(sent, prefix=prefix) == expected
+
+
+def test_address_table_is_the_control_table() -> None:
+    rows = address_table("/x")
+    assert [row[0] for row in rows] == ["/x" + address for address in CONTROLS]
+    strength = next(row for row in rows if row[0] == "/x/strength")
+    assert strength[1:4] == ("float", "0..1", "1")
+
+
+def test_validate_values_names_the_key() -> None:
+    assert validate_values({"strength": 0.5, "bypass": 1}, where="f") == {
+        "strength": 0.5,
+        "bypass": True,
+    }
+    with pytest.raises(ControlError, match=r"f: strength: .*between 0 and 1"):
+        validate_values({"strength": 5}, where="f")
+    with pytest.raises(ControlError, match="unknown control 'colour'"):
+        validate_values({"colour": 1}, where="f")
 
 
 def test_store_rejects_bad_messages_without_changing_anything() -> None:
@@ -98,3 +183,18 @@ def test_cli_strength_defaults_to_the_models_own() -> None:
     assert config() == 1.0  # SDXS: t=999, its only trained timestep
     assert config("--model", "sd-turbo") == 0.5  # SD-Turbo's img2img recipe
     assert config("--model", "sd-turbo", "--strength", "0.8") == 0.8
+
+
+def test_store_counts_resets_and_carries_a_recall_glide() -> None:
+    store = ControlStore(Controls(glide=0.25))
+    seen: list[dict[str, object]] = []
+    store.subscribe(lambda changes: seen.append(dict(changes)))
+    store.request_reset()
+    assert store.resets == 1
+    store.update(strength=0.5)
+    assert store.glide_seconds() == 0.25
+    store.update(ramp_seconds=2.0, strength=0.1, prompt="p")
+    assert store.glide_seconds() == 2.0
+    store.update(blend=0.2)  # the next ordinary change glides at /glide again
+    assert store.glide_seconds() == 0.25
+    assert seen == [{"strength": 0.5}, {"strength": 0.1, "prompt": "p"}, {"blend": 0.2}]

@@ -12,7 +12,7 @@ import abc
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeAlias
 
 import numpy as np
 import numpy.typing as npt
@@ -22,12 +22,22 @@ from livediffusion_models.imaging import FitMode
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["Backend", "BackendOptions", "Embedding", "FrameParams", "ModelComponents", "Pixels"]
+__all__ = [
+    "Backend",
+    "BackendOptions",
+    "Embedding",
+    "FrameParams",
+    "ModelComponents",
+    "Pixels",
+    "PromptSlot",
+]
 
 Pixels: TypeAlias = npt.NDArray[np.uint8]
 
 Embedding: TypeAlias = "torch.Tensor"
 """A prompt's text-encoder hidden states, ``(1, tokens, width)``, as ``encode_prompt`` made it."""
+
+PromptSlot: TypeAlias = Literal["a", "b"]
 
 StageTimer: TypeAlias = Callable[[], None]
 """Runs one stage of the last frame again and returns once the hardware has finished it."""
@@ -80,6 +90,8 @@ class FrameParams:
     blend: float = 0.0
     prompt_mix: float = 1.0
     seed_mix: float = 1.0
+    morph: float = 0.0
+    """Prompt A -> B in embedding space (0 = A); ignored until a B prompt was set."""
 
 
 class Backend(abc.ABC):
@@ -101,11 +113,13 @@ class Backend(abc.ABC):
         """Text -> an embedding this backend's ``set_prompt`` accepts. Thread-safe."""
 
     @abc.abstractmethod
-    def set_prompt(self, embedding: Embedding, *, from_mix: float = 1.0) -> None:
+    def set_prompt(
+        self, embedding: Embedding, *, from_mix: float = 1.0, slot: PromptSlot = "a"
+    ) -> None:
         """Start fading to ``embedding`` from whatever was showing at ``from_mix``.
 
         The engine then raises ``prompt_mix`` from 0 to 1. The first call sets the prompt
-        outright.
+        outright. ``slot``: prompt A, or prompt B that :attr:`FrameParams.morph` mixes in.
         """
 
     @abc.abstractmethod

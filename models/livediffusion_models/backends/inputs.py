@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from livediffusion_models.backends.base import Backend, Embedding, FrameParams
+from livediffusion_models.backends.base import Backend, Embedding, FrameParams, PromptSlot
 from livediffusion_models.schedule import NoiseSchedule
 from livediffusion_models.step import NUM_CONTROLS, Control
 
@@ -48,7 +48,11 @@ class StepInputs:
         self.noise_from = zeros(latent_shape)
         self.noise_to = zeros(latent_shape)
         self.embeds_from = zeros(embed_shape)
-        self.embeds_to = zeros(embed_shape)
+        self.embeds_to = zeros(embed_shape)  # prompt A, or A morphed towards B
+        self.prompt_a = zeros(embed_shape)
+        self.prompt_b = zeros(embed_shape)
+        self.has_b = False
+        self.morph = 0.0
         self.previous_x0 = zeros(latent_shape)
         self.previous_output = zeros(image_shape)
         pin = device.type == "cuda"
@@ -67,20 +71,34 @@ class StepInputs:
     # -- prompts and seeds -------------------------------------------------------------------
 
     @torch.inference_mode()
-    def set_prompt(self, embedding: Embedding, *, from_mix: float = 1.0) -> None:
-        """The first prompt is set outright; later ones glide from what is showing."""
+    def set_prompt(
+        self, embedding: Embedding, *, from_mix: float = 1.0, slot: PromptSlot = "a"
+    ) -> None:
+        """The first prompt is set outright; later ones glide from what is showing.
+
+        The glide's target is prompt A morphed towards prompt B by :attr:`morph`, so changing
+        either prompt fades, and a morph fader moves the target in place (one lerp, no glide).
+        """
         embedding = torch.as_tensor(embedding).to(device=self.device, dtype=self.dtype)
         if tuple(embedding.shape) != self.embed_shape:
             raise ValueError(
                 f"prompt embedding has shape {tuple(embedding.shape)}, "
                 f"the model wants {self.embed_shape}"
             )
-        if not self.has_prompt:
-            self.embeds_from.copy_(embedding)
-        else:
+        target = self.prompt_a if slot == "a" else self.prompt_b
+        if self.has_prompt:
             self.embeds_from.lerp_(self.embeds_to, clamp01(from_mix))
-        self.embeds_to.copy_(embedding)
-        self.has_prompt = True
+        target.copy_(embedding)
+        self.has_b = self.has_b or slot == "b"
+        self._mix_into(self.embeds_to)
+        if not self.has_prompt and slot == "a":
+            self.embeds_from.copy_(self.embeds_to)
+            self.has_prompt = True
+
+    def _mix_into(self, out: torch.Tensor) -> None:
+        out.copy_(self.prompt_a)
+        if self.has_b and self.morph > 0.0:
+            out.lerp_(self.prompt_b, self.morph)
 
     @torch.inference_mode()
     def set_seed(self, seed: int, *, from_mix: float = 1.0) -> None:
@@ -108,6 +126,11 @@ class StepInputs:
         """
         if not self.has_prompt:
             raise RuntimeError("set_prompt() must be called before the first frame")
+        morph = clamp01(params.morph) if self.has_b else 0.0
+        if morph != self.morph:
+            self.morph = morph
+            with torch.inference_mode():
+                self._mix_into(self.embeds_to)
         level = self.schedule.at_strength(params.strength)
         cos, sin = seed_weights(params.seed_mix)
         host = self._controls_host
@@ -149,8 +172,10 @@ class StepInputsBackend(Backend):
 
     inputs: StepInputs
 
-    def set_prompt(self, embedding: Embedding, *, from_mix: float = 1.0) -> None:
-        self.inputs.set_prompt(embedding, from_mix=from_mix)
+    def set_prompt(
+        self, embedding: Embedding, *, from_mix: float = 1.0, slot: PromptSlot = "a"
+    ) -> None:
+        self.inputs.set_prompt(embedding, from_mix=from_mix, slot=slot)
 
     def set_seed(self, seed: int, *, from_mix: float = 1.0) -> None:
         self.inputs.set_seed(seed, from_mix=from_mix)

@@ -1,0 +1,147 @@
+"""The one way into the controls: OSC, MIDI and presets all arrive here.
+
+A message is an address and its arguments, whoever sent it. :meth:`ControlSurface.submit`
+maps the address (prefix, TouchDesigner channel names), validates it through
+:func:`~livediffusion.controls.parse_message`, then either changes a value in the
+:class:`ControlStore` or runs an action (presets, reset, status, ping). Answers go back over
+the OSC server's socket: ``/status`` and ``/pong`` to whoever asked, and with ``--osc-echo``
+every accepted change to the ``--osc-reply`` address, so other panels and motorised faders
+follow.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Protocol
+
+from livediffusion.controls import (
+    FIELD_ADDRESS,
+    ControlError,
+    ControlStore,
+    canonical_address,
+    parse_message,
+)
+from livediffusion.presets import PresetFile
+
+__all__ = ["ControlSurface", "Replier", "StatusValues"]
+
+log = logging.getLogger(__name__)
+
+StatusValues = tuple[float, float, float, int, str, str]
+"""What ``/status`` answers: input FPS, output FPS, latency p50 ms, dropped, model, backend."""
+
+_INT32_MAX = 2**31 - 1
+
+
+class Replier(Protocol):
+    """What the surface needs of the OSC server to answer (``OscServer.send``)."""
+
+    def send(self, address: str, args: Sequence[Any], to: tuple[str, int]) -> bool: ...
+
+
+class ControlSurface:
+    def __init__(
+        self,
+        store: ControlStore,
+        *,
+        presets: PresetFile,
+        status: Callable[[], StatusValues],
+        prefix: str = "",
+        reply_to: tuple[str, int] | None = None,
+        echo: bool = False,
+        recall_glide: float = 1.0,
+    ) -> None:
+        """``status``: called for each ``/status`` (and each ``--osc-reply`` tick).
+        ``recall_glide``: seconds a preset recall takes when ``/glide`` is 0."""
+        if echo and reply_to is None:
+            raise ValueError("--osc-echo sends to the --osc-reply address: give --osc-reply too")
+        self.store = store
+        self.presets = presets
+        self.prefix = prefix
+        self.reply_to = reply_to
+        self.recall_glide = recall_glide
+        self._status = status
+        self._replier: Replier | None = None
+        if echo:
+            store.subscribe(self._echo)
+
+    def attach(self, replier: Replier) -> None:
+        """Answer through ``replier`` (the OSC server, once it is listening)."""
+        self._replier = replier
+
+    # -- in -------------------------------------------------------------------------------
+
+    def handle_osc(self, message: Any) -> None:
+        """An ``OscServer`` handler (``message``: an ``OscMessage``)."""
+        self.submit(message.address, message.args, sender=message.sender)
+
+    def submit(
+        self,
+        address: str,
+        args: tuple[Any, ...],
+        *,
+        sender: tuple[str, int] | None = None,
+    ) -> None:
+        """Validate and apply one message; raises :class:`ControlError` if it is bad."""
+        canonical = canonical_address(address, prefix=self.prefix)
+        if canonical is None:
+            under = f" under {self.prefix}" if self.prefix else ""
+            raise ControlError(f"unknown address {address[:80]!r}{under}; see `livediffusion osc`")
+        command = parse_message(canonical, args)
+        if self.store.apply(command):
+            return
+        self._act(canonical, command.value, sender)
+
+    def _act(self, address: str, value: Any, sender: tuple[str, int] | None) -> None:
+        if address == "/preset/save":
+            self.presets.save(value, self.store.snapshot())
+        elif address == "/preset/recall":
+            values = self.presets.load(value)
+            glide = self.store.snapshot().glide or self.recall_glide
+            self.store.update(ramp_seconds=glide, **values)
+            log.info("preset %d recalled (gliding %.1f s)", value, glide)
+        elif address == "/reset":
+            if value is not None:  # None: a button's release
+                self.store.request_reset()
+        elif address == "/status":
+            self._answer("/status", self.status_values(), sender)
+        elif address == "/ping":
+            self._answer("/pong", value, sender)
+        else:  # a table row without an action here is a bug, not bad input
+            raise RuntimeError(f"no action for {address}")
+
+    # -- out ------------------------------------------------------------------------------
+
+    def status_values(self) -> StatusValues:
+        in_fps, out_fps, latency, dropped, model, backend = self._status()
+        return (
+            round(in_fps, 2),
+            round(out_fps, 2),
+            round(latency, 2),
+            min(dropped, _INT32_MAX),
+            model,
+            backend,
+        )
+
+    def send_status(self) -> None:
+        """The ``--osc-reply`` tick: ``/status`` to the reply address."""
+        if self.reply_to is not None:
+            self._answer("/status", self.status_values(), self.reply_to)
+
+    def _answer(self, address: str, args: Sequence[Any], to: tuple[str, int] | None) -> None:
+        if to is None:  # asked over MIDI: nobody to answer, so say it in the log
+            log.info("%s %s", address, " ".join(str(arg) for arg in args))
+            return
+        if self._replier is not None:
+            self._replier.send(self.prefix + address, args, to)
+
+    def _echo(self, changes: Mapping[str, Any]) -> None:
+        if self._replier is None or self.reply_to is None:
+            return
+        for field, value in changes.items():
+            address = FIELD_ADDRESS.get(field)
+            if address is None:
+                continue
+            sent = int(value) if isinstance(value, bool) else value
+            self._replier.send(self.prefix + address, (sent,), self.reply_to)
