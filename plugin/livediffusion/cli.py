@@ -1,203 +1,128 @@
-"""The ``livediffusion`` command: serve, sources, download, convert, bench, doctor, models, osc."""
+"""The ``livediffusion`` command: serve, config, sources, download, convert, bench, doctor,
+models, osc, midi."""
 
 from __future__ import annotations
 
 import argparse
 import atexit
 import contextlib
+import dataclasses
 import logging
 import os
 import sys
-from collections.abc import Sequence
-from typing import NoReturn
+from collections.abc import Callable, Sequence
+from typing import Any, NoReturn
 
-from livediffusion.backends import BACKENDS
-from livediffusion.config import (
-    ServeConfig,
-    default_sink,
-    default_source,
-    parse_size,
-)
-from livediffusion.controls import CONTROL_ADDRESSES, Controls
-from livediffusion_models.coreml import (
-    COMPUTE_UNITS,
-    PRECISIONS,
-    TARGETS,
-    VARIANTS,
-    CoreMLSettings,
-)
-from livediffusion_models.registry import DEFAULT_MODEL
+from livediffusion.config import ServeConfig
+from livediffusion.options import GROUPS, OPTIONS, Option
+from livediffusion_models.coreml import CoreMLSettings
 
 __all__ = ["build_parser", "main"]
 
 log = logging.getLogger("livediffusion")
 
 
-def _size(text: str) -> tuple[int, int]:
-    try:
-        return parse_size(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def _model_size(text: str) -> tuple[int, int]:
-    try:
-        return parse_size(text, multiple_of=64)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def _unit(text: str) -> float:
-    value = float(text)
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {value}")
-    return value
-
-
-def _add_model_arguments(
+def _arguments(
     parser: argparse.ArgumentParser,
+    keys: Sequence[str] | None = None,
     *,
-    weights_help: str = "hub id (default: the model's), a local diffusers folder, or random",
-    backend: bool = True,
+    given_only: bool = False,
+    defaults: dict[str, Any] | None = None,
 ) -> None:
-    model = parser.add_argument_group("model")
-    model.add_argument("--model", default=DEFAULT_MODEL, help="see `livediffusion models`")
-    model.add_argument("--weights", metavar="HUB_ID|PATH|random", help=weights_help)
-    if backend:
-        model.add_argument(
-            "--backend",
-            choices=("auto", *BACKENDS),
-            default="auto",
-            help="auto: coreml on Apple Silicon with coremltools installed, else torch",
+    """Add flags for the table's options (all of them, or ``keys``), grouped as in the file.
+
+    ``given_only``: leave a flag out of the namespace unless it was given, so it can override
+    a config file without every default overriding it too.
+    """
+    groups: dict[str, argparse._ArgumentGroup] = {}
+    for option in OPTIONS:
+        if keys is not None and option.key not in keys:
+            continue
+        group = groups.get(option.group)
+        if group is None:
+            group = groups[option.group] = parser.add_argument_group(GROUPS[option.group])
+        default = (defaults or {}).get(option.key, option.default)
+        shown = option.default_text or ("none" if default in ("", (), None) else default)
+        extra: dict[str, Any] = {
+            "dest": option.key,
+            "help": f"{option.help} (default: {shown})",
+            "default": argparse.SUPPRESS if given_only else default,
+        }
+        if option.boolean:
+            group.add_argument(option.flag, action=argparse.BooleanOptionalAction, **extra)
+            continue
+        group.add_argument(
+            option.flag,
+            type=_flag_type(option),
+            metavar=option.metavar or (None if option.choices else option.key.upper()),
+            choices=None,
+            **extra,
         )
-        model.add_argument(
-            "--device",
-            choices=("auto", "cuda", "mps", "cpu"),
-            default="auto",
-            help="torch backend: auto = cuda, then mps, then cpu",
-        )
-        model.add_argument(
-            "--dtype",
-            choices=("auto", "float16", "bfloat16", "float32"),
-            default="auto",
-            help="torch backend: auto = float16 on GPUs, float32 on the CPU",
-        )
-    model.add_argument("--cache-dir", metavar="DIR", help="where weights and converted models live")
 
 
-def _add_coreml_arguments(parser: argparse.ArgumentParser) -> None:
-    coreml = parser.add_argument_group("Core ML (Apple Silicon)")
-    coreml.add_argument(
-        "--variant",
-        choices=VARIANTS,
-        default="fused",
-        help="fused: the whole frame in one program (default); stages: encoder, UNet and "
-        "decoder as three programs, as the paper did",
-    )
-    coreml.add_argument("--precision", choices=PRECISIONS, default="fp16")
-    coreml.add_argument(
-        "--target",
-        choices=TARGETS,
-        help="oldest macOS the programs run on (default: macOS15 on a Mac running 15+, "
-        "else macOS14); macOS15 keeps the temporal state on the device (Core ML states)",
-    )
-    coreml.add_argument(
-        "--compute-units",
-        choices=COMPUTE_UNITS,
-        default="cpu_and_gpu",
-        help="default cpu_and_gpu: the paper measured the Neural Engine 6x slower for this UNet",
-    )
-    coreml.add_argument(
-        "--states",
-        choices=("auto", "on", "off"),
-        default="auto",
-        help="Core ML states for the temporal state (auto: on where the target allows)",
-    )
+def _flag_type(option: Option) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        try:
+            return option.parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    parse.__name__ = option.key  # argparse names it in "invalid <name> value"
+    return parse
+
+
+_MODEL_KEYS = ("model", "weights", "backend", "device", "dtype", "cache_dir")
+_COREML_KEYS = ("variant", "precision", "target", "compute_units", "states")
 
 
 def _coreml_settings(args: argparse.Namespace) -> CoreMLSettings:
-    states = {"auto": None, "on": True, "off": False}[args.states]
-    return CoreMLSettings(
-        variant=args.variant,
-        precision=args.precision,
-        target=args.target,
-        compute_units=args.compute_units,
-        states=states,
-    )
+    return CoreMLSettings(**{key: getattr(args, key) for key in _COREML_KEYS})
+
+
+class _Parser(argparse.ArgumentParser):
+    """A bad flag gets one sentence, not the whole usage block of forty flags."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="livediffusion",
         description="Live one-step diffusion for VJ hosts (Syphon / NDI / Spout in and out, OSC).",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    defaults = Controls()
-    serve = commands.add_parser("serve", help="run the effect", description="Run the effect.")
-    frames = serve.add_argument_group("frames")
-    frames.add_argument(
-        "--source",
-        default="",
-        metavar="URI",
-        help=f"ndi://NAME, ndi://HOST:PORT, syphon://SERVER, spout://NAME, "
-        f"test://pattern, file://PATH (default here: {default_source()})",
+    serve = commands.add_parser(
+        "serve",
+        help="run the effect",
+        description="Run the effect. Every flag can also be set in a --config file "
+        "(`livediffusion config --print` shows them all); flags win over the file.",
     )
-    frames.add_argument(
-        "--sink",
-        default="",
-        metavar="URI",
-        help=f"ndi://NAME, syphon://NAME, spout://NAME (default here: {default_sink()})",
+    serve.add_argument(
+        "--config", metavar="FILE", help="a TOML file of these settings (flags override it)"
     )
-    frames.add_argument(
-        "--size",
-        type=_model_size,
-        metavar="N|WxH",
-        help="model resolution, a multiple of 64 (default: the model's, 512)",
+    _arguments(serve, given_only=True)
+
+    config = commands.add_parser(
+        "config",
+        help="show the effective serve configuration (file + flags) as TOML",
+        description="Print the configuration `serve` would run with, given the same --config "
+        "and flags, as a TOML file you can save and edit.",
     )
-    frames.add_argument(
-        "--fit",
-        choices=("crop", "letterbox"),
-        default="crop",
-        help="fit other aspect ratios by centre crop or by padding (default crop)",
+    config.add_argument("--print", action="store_true", help="print it (the default action)")
+    config.add_argument(
+        "--table", action="store_true", help="print every setting as a markdown table instead"
     )
-    frames.add_argument(
-        "--output-size", type=_size, metavar="WxH", help="output resolution (default: the input's)"
-    )
-    _add_model_arguments(serve)
-    _add_coreml_arguments(serve)
-    look = serve.add_argument_group("starting look (all changeable over OSC)")
-    look.add_argument("--prompt", default=defaults.prompt)
-    look.add_argument(
-        "--strength", type=_unit, help="default: the model's own (1.0 for SDXS, 0.5 for sd-turbo)"
-    )
-    look.add_argument("--seed", type=int, default=defaults.seed)
-    look.add_argument("--feedback", type=_unit, default=defaults.feedback)
-    look.add_argument("--smoothing", type=_unit, default=defaults.smoothing)
-    look.add_argument("--blend", type=_unit, default=defaults.blend)
-    look.add_argument("--prompt-glide", type=float, default=0.5, metavar="SECONDS")
-    look.add_argument("--seed-glide", type=float, default=0.5, metavar="SECONDS")
-    control = serve.add_argument_group("control")
-    control.add_argument(
-        "--osc-host", default="127.0.0.1", help="address to listen on (0.0.0.0 for other machines)"
-    )
-    control.add_argument("--osc-port", type=int, default=9000)
-    control.add_argument("--status-interval", type=float, default=1.0, metavar="SECONDS")
-    control.add_argument(
-        "--duration",
-        type=float,
-        metavar="SECONDS",
-        help="stop by itself after this long (benchmarks, demos)",
-    )
+    config.add_argument("--config", metavar="FILE", help="a TOML file to start from")
+    _arguments(config, given_only=True)
 
     sources = commands.add_parser("sources", help="list the Syphon/NDI/Spout sources in view")
     sources.add_argument("--timeout", type=float, default=2.0, metavar="SECONDS")
 
     download = commands.add_parser("download", help="fetch a model's weights into the cache")
-    download.add_argument("--model", default="sdxs-512-0.9")
-    download.add_argument("--weights", metavar="HUB_ID", help="default: the model's hub id")
-    download.add_argument("--cache-dir", metavar="DIR")
+    _arguments(download, ("model", "weights", "cache_dir"))
 
     convert = commands.add_parser(
         "convert",
@@ -206,28 +131,17 @@ def build_parser() -> argparse.ArgumentParser:
         description="Convert a model to Core ML programs in the cache. Works on Linux and "
         "Windows too, to prepare programs for a Mac.",
     )
-    _add_model_arguments(
-        convert,
-        weights_help="hub id (default: the model's), a local diffusers folder, or random",
-        backend=False,
-    )
-    convert.add_argument(
-        "--size", type=_model_size, metavar="N|WxH", help="model resolution (default 512)"
-    )
-    _add_coreml_arguments(convert)
+    _arguments(convert, ("model", "weights", "cache_dir", "size", *_COREML_KEYS))
     convert.add_argument("--force", action="store_true", help="convert again even if cached")
 
     bench = commands.add_parser(
         "bench",
         help="time each stage of a frame on this machine",
         description="Time the frame step and each of its stages over N frames, beside the "
-        "source paper's M3 Ultra figures.",
+        "source paper's M3 Ultra figures. Weights are random unless --weights says otherwise "
+        "(the speed is the architecture's).",
     )
-    _add_model_arguments(bench, weights_help="default: random (the speed is the architecture's)")
-    bench.add_argument(
-        "--size", type=_model_size, metavar="N|WxH", help="model resolution (default 512)"
-    )
-    _add_coreml_arguments(bench)
+    _arguments(bench, (*_MODEL_KEYS, "size", *_COREML_KEYS))
     bench.add_argument("--frames", type=int, default=50, help="timed runs per stage (50)")
     bench.add_argument("--warmup", type=int, default=5, help="untimed frames first (5)")
     bench.add_argument("--json", metavar="FILE", help="also write the results as JSON")
@@ -236,60 +150,53 @@ def build_parser() -> argparse.ArgumentParser:
         "doctor",
         help="check that this machine's backends and transports work; paste it in bug reports",
         description="Check which backends and transports work here, with a one-frame "
-        "Core ML vs torch comparison and a Syphon round trip on a Mac.",
+        "Core ML vs torch comparison and a Syphon round trip on a Mac. Weights are random "
+        "unless --weights says otherwise, at 256x256 unless --size does (same paths, quicker).",
     )
-    _add_model_arguments(doctor, weights_help="default: random (checks the paths, not art)")
-    doctor.add_argument(
-        "--size",
-        type=_model_size,
-        default=(256, 256),
-        metavar="N|WxH",
-        help="model resolution for the one-frame checks (default 256: quicker, same paths)",
-    )
-    _add_coreml_arguments(doctor)
+    _arguments(doctor, (*_MODEL_KEYS, "size", *_COREML_KEYS), defaults={"size": (256, 256)})
     doctor.add_argument(
         "--quick", action="store_true", help="only imports and transports, no model"
     )
 
     commands.add_parser("models", help="list the models livediffusion knows")
-    commands.add_parser("osc", help="list the OSC addresses the server accepts")
+    osc = commands.add_parser("osc", help="list the OSC addresses the server accepts")
+    osc.add_argument("--osc-prefix", default="", metavar="/NAME", help="show them under a prefix")
+    osc.add_argument("--markdown", action="store_true", help="as a markdown table (the docs')")
+
+    midi = commands.add_parser(
+        "midi",
+        help="list MIDI ports, or print what each knob sends (for a map file)",
+        description='MIDI needs the midi extra: pip install "livediffusion[midi]".',
+    )
+    action = midi.add_mutually_exclusive_group(required=True)
+    action.add_argument("--list", action="store_true", help="list MIDI input ports")
+    action.add_argument(
+        "--learn",
+        action="store_true",
+        help="print a map-file entry for every knob, fader and pad you touch (Ctrl-C ends)",
+    )
+    midi.add_argument("--port", metavar="NAME", help="the port to learn from (default: all)")
+    midi.add_argument("--seconds", type=float, metavar="N", help="stop learning after N s")
     return parser
 
 
 def _serve_config(args: argparse.Namespace) -> ServeConfig:
-    from livediffusion_models.registry import get_model
+    """Defaults, then the --config file, then --preset's look values, then the flags."""
+    from livediffusion.options import config_from_values, read_config_file
+    from livediffusion.presets import PresetFile
 
-    strength = args.strength
-    if strength is None:
-        strength = get_model(args.model).default_strength
-    return ServeConfig(
-        source=args.source,
-        sink=args.sink,
-        model=args.model,
-        weights=args.weights,
-        device=args.device,
-        dtype=args.dtype,
-        size=args.size,
-        fit=args.fit,
-        output_size=args.output_size,
-        backend=args.backend,
-        coreml=_coreml_settings(args),
-        osc_host=args.osc_host,
-        osc_port=args.osc_port,
-        controls=Controls(
-            prompt=args.prompt,
-            strength=strength,
-            seed=args.seed,
-            feedback=args.feedback,
-            smoothing=args.smoothing,
-            blend=args.blend,
-        ),
-        prompt_glide=args.prompt_glide,
-        seed_glide=args.seed_glide,
-        cache_dir=args.cache_dir,
-        status_interval=args.status_interval,
-        duration=args.duration,
-    )
+    flags = {
+        option.key: getattr(args, option.key) for option in OPTIONS if hasattr(args, option.key)
+    }
+    values = read_config_file(args.config) if args.config else {}
+    values.update(flags)
+    config = config_from_values(values)
+    if config.preset is None:
+        return config
+    preset = PresetFile(config.presets).load(config.preset)
+    kept = {key: value for key, value in preset.items() if key not in flags}
+    log.info("starting from preset %d (%s)", config.preset, PresetFile(config.presets).path)
+    return dataclasses.replace(config, controls=dataclasses.replace(config.controls, **kept))
 
 
 def _list_sources(timeout: float) -> int:
@@ -397,10 +304,34 @@ def _models() -> int:
     return 0
 
 
-def _osc() -> int:
-    for address, (_, _, text) in CONTROL_ADDRESSES.items():
-        print(f"{address:12} {text}")
+def _osc(args: argparse.Namespace) -> int:
+    from livediffusion.controls import format_address_table
+    from livediffusion.options import _prefix
+
+    print(format_address_table(_prefix(args.osc_prefix), markdown=args.markdown))
     return 0
+
+
+def _config(args: argparse.Namespace) -> int:
+    from livediffusion.options import format_toml, options_table, values_from_config
+
+    if args.table:
+        print(options_table())
+        return 0
+    config = _serve_config(args)
+    source = f" and {args.config}" if args.config else ""
+    print(f"# livediffusion serve: the effective configuration (defaults{source} and flags)")
+    print("# save it and run: livediffusion serve --config FILE\n")
+    print(format_toml(values_from_config(config)), end="")
+    return 0
+
+
+def _midi(args: argparse.Namespace) -> int:
+    from livediffusion.midi import midi_command
+
+    return midi_command(
+        list_ports=args.list, learn=args.learn, port=args.port, seconds=args.seconds
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -430,7 +361,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _doctor(args)
         if args.command == "models":
             return _models()
-        return _osc()
+        if args.command == "config":
+            return _config(args)
+        if args.command == "midi":
+            return _midi(args)
+        return _osc(args)
     except (BridgeError, ModelError, ValueError, RuntimeError) as exc:
         # Start-up problems a user can fix: say what and how, without a traceback.
         log.debug("start-up failure", exc_info=True)
@@ -448,7 +383,11 @@ def console_main() -> NoReturn:
     2 s. By now the command has closed everything it opened, so run the exit handlers (NDI's
     among them), flush, and leave without the teardown.
     """
-    code = main()
+    try:
+        code = main()
+    except BrokenPipeError:  # `livediffusion osc | head`: the reader left, nothing is wrong
+        sys.stdout = None  # type: ignore[assignment]
+        code = 0
     atexit._run_exitfuncs()
     logging.shutdown()
     for stream in (sys.stdout, sys.stderr):

@@ -59,9 +59,17 @@ class ServeConfig:
     output_size: tuple[int, int] | None = None
     osc_host: str = "127.0.0.1"
     osc_port: int = 9000
+    osc_prefix: str = ""  # "/stage1": every address lives under it
+    osc_allow: tuple[str, ...] = ()  # addresses or networks; loopback is always allowed
+    osc_reply: tuple[str, int] | None = None  # where /status goes once a second
+    osc_echo: bool = False  # send every accepted change to osc_reply
+    osc_rate: float = 2000.0  # datagrams per second from one sender before they are dropped
+    midi: str | None = None  # input port name (or part of it)
+    midi_map: str | None = None  # a shipped map's name or a file
     controls: Controls = field(default_factory=Controls)
-    prompt_glide: float = 0.5
-    seed_glide: float = 0.5
+    preset: int | None = None  # recall this preset at start-up
+    presets: str | None = None  # the preset file; None: the user config directory's
+    recall_glide: float = 1.0  # seconds a recall glides when /glide is 0
     cache_dir: str | None = None
     coreml: CoreMLSettings = field(default_factory=CoreMLSettings)
     status_interval: float = 1.0

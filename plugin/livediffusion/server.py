@@ -20,7 +20,9 @@ from livediffusion.backends import build_backend
 from livediffusion.config import ServeConfig
 from livediffusion.controls import ControlStore
 from livediffusion.engine import Engine, EngineOptions
-from livediffusion.status import format_status, format_summary
+from livediffusion.presets import PresetFile
+from livediffusion.status import Stats, format_status, format_summary
+from livediffusion.surface import ControlSurface, StatusValues
 from livediffusion_bridge import open_sink, open_source, pump_events
 from livediffusion_bridge.osc import OscServer
 from livediffusion_models.backends import Backend
@@ -83,6 +85,32 @@ class _StatusLine:
             self._stream.flush()
 
 
+def _osc_note(osc: OscServer) -> str:
+    """What the status line adds about OSC: nothing while all is well."""
+    counters = osc.counters
+    notes = []
+    if counters.restarts:
+        notes.append(f"OSC RESTARTED {counters.restarts}x")
+    if counters.failed:
+        notes.append(f"OSC handler errors {counters.failed}")
+    if counters.flooded:
+        notes.append(f"OSC flood dropped {counters.flooded}")
+    return "".join(" | " + note for note in notes)
+
+
+@contextmanager
+def _open_midi(config: ServeConfig, surface: ControlSurface, store: ControlStore) -> Iterator[None]:
+    from livediffusion.midi import MidiInput, MidiMapper, load_map
+
+    assert config.midi is not None and config.midi_map is not None
+    mapper = MidiMapper(
+        load_map(config.midi_map), current=lambda field: getattr(store.snapshot(), field)
+    )
+    with MidiInput(config.midi, mapper, submit=surface.submit) as midi:
+        log.info("MIDI from %s with map %s", midi.name, config.midi_map)
+        yield
+
+
 def run_server(
     config: ServeConfig,
     *,
@@ -112,20 +140,54 @@ def _run(
         # Everything that can fail on a typo (port taken, bad URI, missing transport) is
         # opened before the model, which takes seconds to load.
         controls = ControlStore(config.controls)
-        osc = stack.enter_context(
-            OscServer(controls.handle_osc, host=config.osc_host, port=config.osc_port)
+        stats: list[Stats] = []  # the engine's, once it exists
+
+        def status() -> StatusValues:
+            if not stats:
+                return (0.0, 0.0, 0.0, 0, config.model, "starting")
+            now = stats[0].snapshot()
+            return (
+                now.input_fps,
+                now.output_fps,
+                now.latency_p50_ms,
+                now.dropped,
+                config.model,
+                now.backend,
+            )
+
+        surface = ControlSurface(
+            controls,
+            presets=PresetFile(config.presets),
+            status=status,
+            prefix=config.osc_prefix,
+            reply_to=config.osc_reply,
+            echo=config.osc_echo,
+            recall_glide=config.recall_glide,
         )
-        log.info("OSC on %s:%d  (/prompt /strength /seed ...)", *osc.address)
+        osc = stack.enter_context(
+            OscServer(
+                surface.handle_osc,
+                host=config.osc_host,
+                port=config.osc_port,
+                allow=config.osc_allow,
+                rate=config.osc_rate,
+            )
+        )
+        surface.attach(osc)
+        log.info(
+            "OSC on %s:%d  (%s/prompt %s/strength ... `livediffusion osc` lists them)",
+            *osc.address,
+            config.osc_prefix,
+            config.osc_prefix,
+        )
+        if config.midi is not None:
+            stack.enter_context(_open_midi(config, surface, controls))
         source = stack.enter_context(open_source(config.resolved_source()))
         sink = stack.enter_context(open_sink(config.resolved_sink()))
         if backend is None:
             backend = build_backend(config)
         stack.callback(backend.close)
-        options = EngineOptions(
-            output_size=config.output_size,
-            prompt_glide=config.prompt_glide,
-            seed_glide=config.seed_glide,
-        )
+        options = EngineOptions(output_size=config.output_size)
         engine = Engine(
             source=source,
             sink=sink,
@@ -135,20 +197,28 @@ def _run(
             stop=stop,
         )
         stack.callback(engine.stop)
+        stats.append(engine.stats)
         engine.start()
         running.set()
         log.info("running: %s -> %s", source.uri, sink.uri)
         line = _StatusLine(status_stream)
         deadline = None if config.duration is None else time.monotonic() + config.duration
         announced = False
+        next_line = next_reply = time.monotonic()
         while not stop.is_set() and engine.running:
-            _pump_until(stop, config.status_interval)
-            if not announced and sink.listen_address:
-                log.info("output listening on %s", sink.listen_address)
-                announced = True
-            line.show(format_status(engine.stats.snapshot()))
-            if deadline is not None and time.monotonic() >= deadline:
+            now = time.monotonic()
+            if now >= next_reply:
+                surface.send_status()  # --osc-reply: once a second, whatever the line does
+                next_reply = now + 1.0
+            if now >= next_line:
+                if not announced and sink.listen_address:
+                    log.info("output listening on %s", sink.listen_address)
+                    announced = True
+                line.show(format_status(engine.stats.snapshot()) + _osc_note(osc))
+                next_line = now + config.status_interval
+            if deadline is not None and now >= deadline:
                 break
+            _pump_until(stop, max(0.0, min(next_line, next_reply) - time.monotonic()))
         line.finish()
         engine.stop()
         log.info("%s", format_summary(engine.stats.summary()))

@@ -84,9 +84,7 @@ def server(make_tiny_backend: Callable[..., Any]) -> Iterator[tuple[str, int, th
         fit="letterbox",  # keeps the 4:3 picture's geometry, so bypass can be compared 1:1
         # The tiny random decoder paints nearly black whatever it is given, so half the input
         # is blended in to make motion visible; the model's half still moves every pixel.
-        controls=Controls(blend=0.5, feedback=0.0, smoothing=0.0),
-        prompt_glide=0.0,
-        seed_glide=0.0,
+        controls=Controls(blend=0.5, feedback=0.0, smoothing=0.0, prompt_glide=0.0, seed_glide=0.0),
         status_interval=0.5,
     )
     stop = threading.Event()
