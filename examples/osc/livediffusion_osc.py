@@ -1,28 +1,40 @@
 #!/usr/bin/env python3
-"""Send livediffusion controls over OSC from a terminal or a shell script.
+"""Drive livediffusion over OSC from a terminal or a shell script, and read its answers.
 
-Needs only python-osc (``pip install python-osc``)::
+Needs only python-osc (``pip install python-osc``). It is a script to copy and adapt, so it
+does not import livediffusion: the addresses are listed here, as ``livediffusion osc`` does::
 
     python examples/osc/livediffusion_osc.py set /strength 0.6
     python examples/osc/livediffusion_osc.py prompt "neon jellyfish, deep sea"
-    python examples/osc/livediffusion_osc.py sweep /strength 0.2 1.0 --seconds 4 --rate 30
-    python examples/osc/livediffusion_osc.py cycle-prompts "ink" "neon" "moss" --every 8 --count 6
-    python examples/osc/livediffusion_osc.py --port 9001 listen   # print what arrives on 9001
+    python examples/osc/livediffusion_osc.py morph "ink wash" "neon city" --mix 0.3
+    python examples/osc/livediffusion_osc.py sweep /prompt/mix 0 1 --seconds 8
+    python examples/osc/livediffusion_osc.py cycle-prompts "ink" "neon" "moss" --every 8
+    python examples/osc/livediffusion_osc.py preset save 3       # later: preset recall 3
+    python examples/osc/livediffusion_osc.py reset
+    python examples/osc/livediffusion_osc.py status               # fps, latency, model ...
+    python examples/osc/livediffusion_osc.py ping                 # round trip in ms
+    python examples/osc/livediffusion_osc.py watch                # the --osc-reply stream
+    python examples/osc/livediffusion_osc.py --port 9001 listen   # raw: what arrives on 9001
 
-``--host``/``--port`` name the server (default 127.0.0.1:9000); for ``listen`` they name the
-address to listen on, which is handy to see what another app (TouchDesigner, a phone) sends.
+``--host``/``--port`` name the server (default 127.0.0.1:9000). For ``listen`` and ``watch``
+they name where to listen instead (``watch`` defaults to port 9001, the port used with
+``livediffusion serve --osc-reply 127.0.0.1:9001``). ``--prefix /stage1`` talks to a server
+started with ``--osc-prefix /stage1``. The options may come before or after the command.
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
+import random
+import re
 import socket
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 from pythonosc.osc_message import OscMessage, ParseError
+from pythonosc.osc_message_builder import OscMessageBuilder
 from pythonosc.udp_client import SimpleUDPClient
 
 OscValue = int | float | str
@@ -30,6 +42,9 @@ OscValue = int | float | str
 # What `livediffusion osc` lists; anything else is logged and dropped by the server.
 KNOWN_ADDRESSES = (
     "/prompt",
+    "/prompt/a",
+    "/prompt/b",
+    "/prompt/mix",
     "/strength",
     "/seed",
     "/feedback",
@@ -37,7 +52,21 @@ KNOWN_ADDRESSES = (
     "/blend",
     "/bypass",
     "/pause",
+    "/glide",
+    "/prompt/glide",
+    "/seed/glide",
+    "/preset/save",
+    "/preset/recall",
+    "/reset",
+    "/status",
+    "/ping",
 )
+
+# The arguments of the server's /status reply (and of the --osc-reply stream), in order.
+STATUS_FIELDS = ("in_fps", "out_fps", "latency_p50_ms", "dropped", "model", "backend")
+
+SERVER_PORT = 9000
+REPLY_PORT = 9001  # the port the docs use for --osc-reply; `watch` listens there by default
 
 
 def parse_value(text: str) -> OscValue:
@@ -52,11 +81,23 @@ def parse_value(text: str) -> OscValue:
         return text
 
 
+def show_value(value: object) -> str:
+    """Floats travel as 32-bit: print 29.97, not 29.969999313354492."""
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
 def _address(text: str) -> str:
     if not text.startswith("/"):
         raise argparse.ArgumentTypeError(f"OSC addresses start with '/', got {text!r}")
     if text not in KNOWN_ADDRESSES:
         print(f"warning: livediffusion does not know {text}; it will drop it", file=sys.stderr)
+    return text
+
+
+def _prefix(text: str) -> str:
+    # The server's --osc-prefix rule, so a typo fails here rather than as silence there.
+    if text and not re.fullmatch(r"(/[A-Za-z0-9_.\-]+)+", text):
+        raise argparse.ArgumentTypeError(f"a prefix looks like /stage1, got {text!r}")
     return text
 
 
@@ -86,27 +127,32 @@ def _sleep_until(deadline: float) -> None:
         time.sleep(delay)
 
 
-def _send(client: SimpleUDPClient, address: str, values: Sequence[OscValue]) -> None:
-    client.send_message(address, list(values))
-    print(address, *values)
+class Sender:
+    """Sends to one server, with its ``--osc-prefix`` in front of every address."""
+
+    def __init__(self, host: str, port: int, prefix: str = "") -> None:
+        self._client = SimpleUDPClient(host, port)
+        self.prefix = prefix
+
+    def send(self, address: str, values: Sequence[OscValue] = ()) -> None:
+        self._client.send_message(self.prefix + address, list(values))
+        print(self.prefix + address, *values)
 
 
-def sweep(client: SimpleUDPClient, address: str, values: Sequence[float], seconds: float) -> None:
+def sweep(sender: Sender, address: str, values: Sequence[float], seconds: float) -> None:
     interval = seconds / max(1, len(values) - 1)
     began = time.monotonic()
     for i, value in enumerate(values):
         _sleep_until(began + i * interval)  # a fixed grid: no drift from slow sends
-        _send(client, address, [value])
+        sender.send(address, [value])
 
 
-def cycle_prompts(
-    client: SimpleUDPClient, prompts: Sequence[str], every: float, count: int | None
-) -> None:
+def cycle_prompts(sender: Sender, prompts: Sequence[str], every: float, count: int | None) -> None:
     began = time.monotonic()
     i = 0
     while count is None or i < count:
         _sleep_until(began + i * every)
-        _send(client, "/prompt", [prompts[i % len(prompts)]])
+        sender.send("/prompt", [prompts[i % len(prompts)]])
         i += 1
 
 
@@ -114,7 +160,7 @@ def osc_messages(datagram: bytes) -> Iterator[OscMessage]:
     """The messages in a datagram, bundles unpacked.
 
     Unlike python-osc's own packet parser this keeps messages whose address lacks the leading
-    ``/`` (the server drops those), so ``listen`` shows what a sender really sends.
+    ``/`` (TouchDesigner channel names), so ``listen`` shows what a sender really sends.
     """
     if datagram.startswith(b"#bundle\x00"):
         at = 16  # "#bundle\0" and an 8-byte time tag, then (int32 size, element) pairs
@@ -126,7 +172,112 @@ def osc_messages(datagram: bytes) -> Iterator[OscMessage]:
         yield OscMessage(datagram)
 
 
-def listen(host: str, port: int, count: int | None, seconds: float | None) -> None:
+def ask(
+    host: str,
+    port: int,
+    address: str,
+    args: Sequence[OscValue],
+    expect: str,
+    timeout: float,
+    accept: Callable[[list[object]], bool] = lambda params: True,
+) -> tuple[OscMessage, float] | None:
+    """Send one message and wait for the answer at ``expect``: (reply, seconds) or None.
+
+    The server answers ``/status`` and ``/ping`` to the address and port the question came
+    from, so the question leaves from a socket of our own that we then read (python-osc's
+    client keeps its socket private). Anything else arriving on it is skipped.
+    """
+    family, _, _, _, server = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)[0]
+    builder = OscMessageBuilder(address)
+    for arg in args:
+        builder.add_arg(arg)
+    with socket.socket(family, socket.SOCK_DGRAM) as sock:
+        sock.bind(("", 0))
+        began = time.monotonic()
+        sock.sendto(builder.build().dgram, server)
+        while (left := began + timeout - time.monotonic()) > 0:
+            sock.settimeout(left)
+            try:
+                data, _ = sock.recvfrom(65_535)
+            except TimeoutError:
+                break
+            except ConnectionResetError:
+                continue  # Windows reports "nothing listens there" (ICMP) on the next read
+            try:
+                replies = list(osc_messages(data))
+            except (ParseError, ValueError, IndexError):
+                continue  # not OSC: not our answer
+            for reply in replies:
+                if reply.address == expect and accept(list(reply.params)):
+                    return reply, time.monotonic() - began
+    return None
+
+
+def _no_reply(host: str, port: int, prefix: str, timeout: float) -> int:
+    hint = f" and --osc-prefix {prefix}" if prefix else ""
+    print(
+        f"no reply from {host}:{port} in {timeout:g} s: "
+        f"is livediffusion serve running with --osc-port {port}{hint}?",
+        file=sys.stderr,
+    )
+    return 1
+
+
+def status(host: str, port: int, prefix: str, timeout: float) -> int:
+    """Ask once and print the labelled fields; 1 if nothing answered."""
+    answer = ask(host, port, prefix + "/status", [], prefix + "/status", timeout)
+    if answer is None:
+        return _no_reply(host, port, prefix, timeout)
+    reply, _ = answer
+    print(f"{reply.address} from {host}:{port}")
+    for name, value in zip(STATUS_FIELDS, reply.params, strict=False):
+        print(f"  {name:<15} {show_value(value)}")
+    return 0
+
+
+def ping(host: str, port: int, prefix: str, timeout: float) -> int:
+    """Round trip of /ping -> /pong; a random token tells our pong from anyone else's."""
+    token = random.randrange(2**31)
+    answer = ask(
+        host,
+        port,
+        prefix + "/ping",
+        [token],
+        prefix + "/pong",
+        timeout,
+        accept=lambda params: params == [token],
+    )
+    if answer is None:
+        return _no_reply(host, port, prefix, timeout)
+    reply, seconds = answer
+    print(f"{reply.address} from {host}:{port} in {seconds * 1000:.2f} ms")
+    return 0
+
+
+def raw_line(message: OscMessage) -> str:
+    return " ".join([message.address, *(str(p) for p in message.params)])
+
+
+def watch_line(message: OscMessage) -> str:
+    """One line per message: /status labelled, echoed changes (``/strength 0.5``) as they are."""
+    params = list(message.params)
+    if message.address.endswith("/status") and len(params) == len(STATUS_FIELDS):
+        fields = "  ".join(
+            f"{name}={show_value(value)}" for name, value in zip(STATUS_FIELDS, params, strict=True)
+        )
+        text = f"{message.address}  {fields}"
+    else:
+        text = " ".join([message.address, *(show_value(p) for p in params)])
+    return f"{time.strftime('%H:%M:%S')} {text}"
+
+
+def listen(
+    host: str,
+    port: int,
+    count: int | None,
+    seconds: float | None,
+    line: Callable[[OscMessage], str] = raw_line,
+) -> None:
     """Print every OSC message that arrives on ``host:port`` (bundles unpacked)."""
     deadline = None if seconds is None else time.monotonic() + seconds
     received = 0
@@ -143,22 +294,26 @@ def listen(host: str, port: int, count: int | None, seconds: float | None) -> No
                 continue
             try:
                 messages = list(osc_messages(data))
-            except ParseError as exc:
+            except (ParseError, ValueError, IndexError) as exc:
                 print(f"# not OSC from {sender[0]}: {exc}", file=sys.stderr)
                 continue
             for message in messages:
-                print(message.address, *message.params)
+                print(line(message), flush=True)
             received += 1
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="Send livediffusion controls over OSC.")
+    parser = argparse.ArgumentParser(description="Drive livediffusion over OSC.")
     parser.add_argument("--host", default="127.0.0.1", help="server address (127.0.0.1)")
-    parser.add_argument("--port", type=int, default=9000, help="server OSC port (9000)")
-    # The same two options after the command too (`set /seed 3 --port 9001`).
+    parser.add_argument("--port", type=int, help="server OSC port (9000; watch: 9001)")
+    parser.add_argument(
+        "--prefix", type=_prefix, default="", metavar="/NAME", help="the server's --osc-prefix"
+    )
+    # The same options after the command too (`set /seed 3 --port 9001`).
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--host", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     common.add_argument("--port", type=int, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    common.add_argument("--prefix", type=_prefix, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     commands = parser.add_subparsers(dest="command", required=True)
     add = functools.partial(commands.add_parser, parents=[common])
 
@@ -168,6 +323,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     prompt = add("prompt", help="send /prompt (words are joined)")
     prompt.add_argument("words", nargs="+")
+
+    morph = add("morph", help="set /prompt/a and /prompt/b; /prompt/mix morphs between them")
+    morph.add_argument("a", metavar="A_TEXT")
+    morph.add_argument("b", metavar="B_TEXT")
+    morph.add_argument("--mix", type=float, help="also send /prompt/mix (0 = A, 1 = B)")
 
     sweep_ = add("sweep", help="glide a number linearly, then stop")
     sweep_.add_argument("address", type=_address)
@@ -181,28 +341,61 @@ def build_parser() -> argparse.ArgumentParser:
     cycle.add_argument("--every", type=_non_negative, default=8.0, metavar="SECONDS")
     cycle.add_argument("--count", type=int, help="stop after this many (default: Ctrl-C)")
 
-    listen_ = add("listen", help="print the OSC arriving on --host:--port")
-    listen_.add_argument("--count", type=int, help="stop after this many datagrams")
-    listen_.add_argument("--seconds", type=_positive, help="stop after this long")
+    preset = add("preset", help="preset save N / preset recall N (N: 0..999)")
+    preset.add_argument("action", choices=("save", "recall"))
+    preset.add_argument("number", type=int)
+
+    add("reset", help="forget feedback and smoothing; start afresh")
+
+    for name, text in (("status", "ask for fps, latency, model"), ("ping", "time a round trip")):
+        asking = add(name, help=text)
+        asking.add_argument("--timeout", type=_positive, default=2.0, metavar="SECONDS")
+
+    for name, text in (
+        ("listen", "print the raw OSC arriving on --host:--port"),
+        ("watch", "print the --osc-reply stream (/status, --osc-echo changes) on port 9001"),
+    ):
+        listening = add(name, help=text)
+        listening.add_argument("--count", type=int, help="stop after this many datagrams")
+        listening.add_argument("--seconds", type=_positive, help="stop after this long")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    host: str = args.host
+    port: int = args.port
+    if args.port is None:
+        port = REPLY_PORT if args.command == "watch" else SERVER_PORT
+    prefix: str = args.prefix
     try:
-        if args.command == "listen":
-            listen(args.host, args.port, args.count, args.seconds)
+        if args.command in ("listen", "watch"):
+            line = watch_line if args.command == "watch" else raw_line
+            listen(host, port, args.count, args.seconds, line)
             return 0
-        client = SimpleUDPClient(args.host, args.port)
+        if args.command == "status":
+            return status(host, port, prefix, args.timeout)
+        if args.command == "ping":
+            return ping(host, port, prefix, args.timeout)
+        sender = Sender(host, port, prefix)
         if args.command == "set":
-            _send(client, args.address, [parse_value(v) for v in args.values])
+            sender.send(args.address, [parse_value(v) for v in args.values])
         elif args.command == "prompt":
-            _send(client, "/prompt", [" ".join(args.words)])
+            sender.send("/prompt", [" ".join(args.words)])
+        elif args.command == "morph":
+            sender.send("/prompt/a", [args.a])
+            sender.send("/prompt/b", [args.b])
+            if args.mix is not None:
+                sender.send("/prompt/mix", [args.mix])
+        elif args.command == "preset":
+            sender.send(f"/preset/{args.action}", [args.number])
+        elif args.command == "reset":
+            sender.send("/reset")
         elif args.command == "sweep":
             values = sweep_values(args.start, args.end, args.seconds, args.rate)
-            sweep(client, args.address, values, args.seconds)
+            sweep(sender, args.address, values, args.seconds)
         else:
-            cycle_prompts(client, args.prompts, args.every, args.count)
+            cycle_prompts(sender, args.prompts, args.every, args.count)
     except KeyboardInterrupt:
         return 130
     except OSError as exc:
