@@ -313,9 +313,12 @@ def address_table(prefix: str = "") -> list[tuple[str, str, str, str, str]]:
 def format_address_table(prefix: str = "", *, markdown: bool = False) -> str:
     rows = [("address", "type", "range", "default", "effect"), *address_table(prefix)]
     if markdown:
-        lines = ["| " + " | ".join(row) + " |" for row in rows]
-        lines.insert(1, "|" + "---|" * len(rows[0]))
-        return "\n".join(line.replace("| '", "| `'").replace("' |", "'` |") for line in lines)
+        header, *body = rows
+        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        for address, kind, span, default, effect in body:
+            shown = default if default == "-" else f"`{default}`"
+            lines.append(f"| `{address}` | {kind} | {span} | {shown} | {effect} |")
+        return "\n".join(lines)
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
     return "\n".join(
         "  ".join(cell.ljust(width) for cell, width in zip(row[:4], widths, strict=True))
