@@ -193,17 +193,18 @@ def canonical_address(address: str, *, prefix: str = "") -> str | None:
     TouchDesigner's OSC Out CHOP uses channel names as addresses: ``strength`` or
     ``/strength``, and channel names cannot hold every character, so ``prompt_mix`` is read as
     ``/prompt/mix``. With a prefix (``--osc-prefix /stage1``) addresses must carry it, slash or
-    not: ``/stage1/strength``, ``stage1/strength``.
+    not: ``/stage1/strength``, ``stage1/strength``, ``stage1_strength``.
     """
     path = address if address.startswith("/") else "/" + address
-    if prefix:
-        if not (path.startswith(prefix + "/") and len(path) > len(prefix) + 1):
-            return None
-        path = path[len(prefix) :]
-    if path in CONTROLS:
-        return path
-    underscored = path.replace("_", "/")
-    return underscored if underscored in CONTROLS else None
+    slashed = path.replace("_", "/")  # "stage1_strength" too
+    for candidate, head in ((path, prefix), (slashed, prefix.replace("_", "/"))):
+        if head and not candidate.startswith(head + "/"):
+            continue
+        rest = candidate[len(head) :]
+        for name in (rest, rest.replace("_", "/")):
+            if name in CONTROLS:
+                return name
+    return None
 
 
 def _number(address: str, args: tuple[Any, ...]) -> float:

@@ -111,6 +111,9 @@ def test_invalid_messages_raise_control_error(
         ("preset_recall", "", "/preset/recall"),
         ("/stage1/strength", "/stage1", "/strength"),
         ("stage1/prompt_mix", "/stage1", "/prompt/mix"),
+        ("stage1_prompt_mix", "/stage1", "/prompt/mix"),
+        ("/my_show/strength", "/my_show", "/strength"),  # underscores in the prefix itself
+        ("my_show_strength", "/my_show", "/strength"),
         ("/strength", "/stage1", None),  # under a prefix, the prefix is required
         ("/stage2/strength", "/stage1", None),
         ("/stage1", "/stage1", None),
