@@ -275,7 +275,9 @@ def parse_message(address: str, args: tuple[Any, ...]) -> Command:
     if spec is None:
         raise ControlError(f"unknown address {address[:80]!r}; see `livediffusion osc`")
     if spec.kind == "float":
-        value: Any = _number(address, args)
+        # OSC floats are 32-bit: 0.4 arrives as 0.4000000059604645. Keep float32's precision
+        # and no more, so echoes, presets and logs show what the performer sent.
+        value: Any = float(f"{_number(address, args):.7g}")
         _in_range(spec, value)
     elif spec.kind == "int":
         value = _whole(spec, args)

@@ -201,3 +201,11 @@ def test_store_counts_resets_and_carries_a_recall_glide() -> None:
     store.update(blend=0.2)  # the next ordinary change glides at /glide again
     assert store.glide_seconds() == 0.25
     assert seen == [{"strength": 0.5}, {"strength": 0.1, "prompt": "p"}, {"blend": 0.2}]
+
+
+def test_osc_float32_values_read_as_sent() -> None:
+    import struct
+
+    as_sent = struct.unpack(">f", struct.pack(">f", 0.4))[0]
+    assert as_sent != 0.4
+    assert parse_message("/strength", (as_sent,)).value == 0.4
