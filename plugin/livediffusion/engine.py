@@ -223,19 +223,16 @@ class Engine:
             self._seed_glide.restart(now)
             self._seed = controls.seed
         seconds = self.controls.glide_seconds()
-        value = {
-            field: ramp.follow(getattr(controls, field), now, seconds)
-            for field, ramp in self._ramps.items()
-        }
-        morph = value["prompt_mix"] if self._has_b and controls.prompt_b else 0.0
+        ramps = self._ramps
+        morph = ramps["prompt_mix"].follow(controls.prompt_mix, now, seconds)
         return FrameParams(
-            strength=value["strength"],
-            feedback=value["feedback"],
-            smoothing=value["smoothing"],
-            blend=value["blend"],
+            strength=ramps["strength"].follow(controls.strength, now, seconds),
+            feedback=ramps["feedback"].follow(controls.feedback, now, seconds),
+            smoothing=ramps["smoothing"].follow(controls.smoothing, now, seconds),
+            blend=ramps["blend"].follow(controls.blend, now, seconds),
             prompt_mix=self._prompt_glide.position(now),
             seed_mix=self._seed_glide.position(now),
-            morph=morph,
+            morph=morph if self._has_b and controls.prompt_b else 0.0,
         )
 
     def _publish(self) -> None:

@@ -106,8 +106,7 @@ def _open_midi(config: ServeConfig, surface: ControlSurface, store: ControlStore
     mapper = MidiMapper(
         load_map(config.midi_map), current=lambda field: getattr(store.snapshot(), field)
     )
-    with MidiInput(config.midi, mapper, submit=surface.submit) as midi:
-        log.info("MIDI from %s with map %s", midi.name, config.midi_map)
+    with MidiInput(config.midi, mapper, submit=surface.submit):
         yield
 
 

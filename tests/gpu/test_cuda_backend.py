@@ -42,6 +42,26 @@ def test_cuda_matches_cpu(make_tiny_backend: Callable[..., Any], dtype: torch.dt
     assert np.abs(outputs[0] - outputs[1]).mean() < tolerance
 
 
+def test_prompt_morph_on_cuda_matches_cpu(make_tiny_backend: Callable[..., Any]) -> None:
+    """The A/B morph is an in-place lerp of device buffers: the same on the GPU as the CPU."""
+    picture = _picture(72, 96)
+    outputs = []
+    for device in ("cpu", "cuda"):
+        backend = make_tiny_backend(device=device, dtype=torch.float32)
+        backend.set_prompt(backend.encode_prompt("a test prompt"))
+        backend.set_prompt(backend.encode_prompt("a completely different prompt"), slot="b")
+        out = np.empty_like(picture)
+        frames = []
+        for morph in (0.0, 0.5, 1.0):
+            backend.step(picture, FrameParams(strength=0.8, morph=morph), out=out)
+            frames.append(out.astype(int))
+        outputs.append(frames)
+        backend.close()
+    for cpu, cuda in zip(*outputs, strict=True):
+        assert np.abs(cpu - cuda).mean() < 1.0
+    assert np.abs(outputs[1][0] - outputs[1][2]).mean() > 0.1  # the morph changed something
+
+
 def test_real_sdxs_architecture_runs_in_float16() -> None:
     from livediffusion_models.backends.torch_backend import TorchBackend, TorchOptions
     from livediffusion_models.registry import get_model
