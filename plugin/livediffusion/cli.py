@@ -54,7 +54,7 @@ def _arguments(
         group.add_argument(
             option.flag,
             type=_flag_type(option),
-            metavar=option.metavar or (None if option.choices else option.key.upper()),
+            metavar=option.metavar or "|".join(option.choices or (option.key.upper(),)),
             choices=None,
             **extra,
         )

@@ -92,7 +92,13 @@ def start(
     feeder = threading.Thread(target=_feed, args=(feeding,), daemon=True)
     feeder.start()
 
-    def launch(*, prefix: str = "", initial: Controls | None = None, **controls: Any) -> Running:
+    def launch(
+        *,
+        prefix: str = "",
+        initial: Controls | None = None,
+        rate: float = 2000.0,
+        **controls: Any,
+    ) -> Running:
         reply = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         reply.bind(("127.0.0.1", 0))
         port = free_udp_port()
@@ -104,6 +110,7 @@ def start(
             osc_prefix=prefix,
             osc_reply=("127.0.0.1", reply.getsockname()[1]),
             osc_echo=True,
+            osc_rate=rate,
             controls=initial or Controls(feedback=0.0, smoothing=0.0, **controls),
             presets=str(presets),
             status_interval=0.5,
@@ -341,3 +348,23 @@ def test_fuzz_leaves_the_server_running_and_only_valid_messages_count(
     assert set(echoes) <= {"/blend"}  # nothing but the valid messages changed anything
     assert echoes["/blend"][-1] == pytest.approx(expected["/blend"])
     out.wait_published(published + 5, timeout=30)  # frames kept flowing
+
+
+def test_a_flood_is_cut_while_frames_keep_flowing(
+    start: Callable[..., Running], caplog: pytest.LogCaptureFixture
+) -> None:
+    server = start(rate=300.0)  # low enough that a loaded CI machine still reads a flood
+    out = memory.channel("out")
+    published = out.published_count
+    datagram = _dgram("/blend", 0.5)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as flooder:
+        began = time.monotonic()
+        while time.monotonic() - began < 2.0:
+            for _ in range(200):
+                flooder.sendto(datagram, ("127.0.0.1", server.port))
+            time.sleep(0.001)
+    out.wait_published(published + 10, timeout=30)  # frames flowed through the flood
+    assert any("over 300/s" in r.getMessage() for r in caplog.records)
+    server.replies(1.0)  # the echoes of the flood filled our reply socket's buffer
+    server.send("/feedback", 0.5)  # and OSC still listens, to this sender and others
+    assert server.echo_of("/feedback") == [0.5]
