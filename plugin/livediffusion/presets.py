@@ -58,20 +58,29 @@ class PresetFile:
             return sorted(int(key) for key in self._read() if key.isdigit())
 
     def save(self, number: int, controls: Controls) -> None:
-        with self._lock:
-            presets = self._read()
-            presets[str(number)] = preset_values(controls)
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            temporary = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-            document = {"format": _FORMAT, "presets": dict(sorted(presets.items()))}
-            temporary.write_text(json.dumps(document, indent=2, ensure_ascii=False) + "\n", "utf-8")
-            os.replace(temporary, self.path)
+        try:
+            with self._lock:
+                presets = self._read()
+                presets[str(number)] = preset_values(controls)
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                temporary = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+                document = {"format": _FORMAT, "presets": dict(sorted(presets.items()))}
+                text = json.dumps(document, indent=2, ensure_ascii=False) + "\n"
+                temporary.write_text(text, "utf-8")
+                os.replace(temporary, self.path)
+        except OSError as exc:  # a read-only or full disk is the machine's, not a bug
+            raise ControlError(
+                f"cannot save preset {number} to {self.path}: {exc.strerror or exc}"
+            ) from None
         log.info("preset %d saved to %s", number, self.path)
 
     def load(self, number: int) -> dict[str, Any]:
         """The preset's values, checked like any OSC message (the file may be hand-edited)."""
-        with self._lock:
-            presets = self._read()
+        try:
+            with self._lock:
+                presets = self._read()
+        except OSError as exc:
+            raise ControlError(f"cannot read {self.path}: {exc.strerror or exc}") from None
         values = presets.get(str(number))
         if values is None:
             saved = ", ".join(sorted(presets, key=int)) if presets else "none"
