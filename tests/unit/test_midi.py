@@ -705,3 +705,21 @@ def test_describe_map() -> None:
         "| b | note 3 | 2 | `/preset/save` | sends 4 | - | trigger |",
         "| - | CC 48 | any | `/bypass` | - | - | toggle |",
     ]
+
+
+def test_the_example_map_loads_and_drives_the_controls() -> None:
+    mido = pytest.importorskip("mido")
+    example = Path(__file__).resolve().parents[2] / "examples" / "midi" / "my_controller.toml"
+    mapper = MidiMapper(load_map(str(example)), current=lambda field: False)
+    sent = mapper.translate(mido.Message("control_change", control=1, value=127))
+    assert sent == [("/strength", (1.0,))]
+    sent = mapper.translate(mido.Message("control_change", control=1, value=0))
+    assert sent == [("/strength", (0.3,))]
+    assert mapper.translate(mido.Message("note_on", note=36, velocity=90)) == [
+        ("/preset/recall", (1,))
+    ]
+    held = mapper.translate(mido.Message("note_on", note=38, velocity=90))
+    released = mapper.translate(mido.Message("note_off", note=38))
+    assert (held, released) == ([("/bypass", (1,))], [("/bypass", (0,))])
+    for address, args in held + released + sent:
+        parse_message(address, args)  # the same validation as OSC accepts them
