@@ -337,7 +337,11 @@ class OscServer:
         while not self._stop.is_set():
             try:
                 data, sender = self._socket.recvfrom(self._max_datagram + 1)
-            except TimeoutError:
+            except (TimeoutError, ConnectionResetError):
+                # Windows reports an ICMP "port unreachable" after a reply (an --osc-reply
+                # target not listening yet) as WSAECONNRESET on the next recvfrom of this
+                # unconnected socket; Python's ioctl cannot switch that off
+                # (SIO_UDP_CONNRESET is not among the codes socket.ioctl accepts).
                 continue
             except OSError:
                 if self._stop.is_set():

@@ -21,6 +21,7 @@ from livediffusion.presets import PresetFile
 from livediffusion.surface import ControlSurface
 from livediffusion_bridge import TransportError, memory, open_sink, open_source
 from livediffusion_bridge.osc import OscMessage, OscServer
+from loopback import free_udp_port
 
 pytestmark = pytest.mark.integration
 
@@ -416,3 +417,14 @@ def test_python_osc_logging_goes_through_the_rate_limit() -> None:
     assert server.counters.malformed == received
     assert 0 < len(records) <= 2 * (10 + received // 100)
     assert sum("python-osc" in r.getMessage() for r in records) <= 10 + 500 // 100
+
+
+def test_replies_to_nobody_do_not_disturb_receiving() -> None:
+    store = ControlStore()
+    with OscServer(lambda m: store.handle_osc(m.address, m.args), port=0) as server:
+        nobody = ("127.0.0.1", free_udp_port())  # an --osc-reply target not listening yet
+        for _ in range(10):
+            assert server.send("/status", (1.0, 2.0, 3.0, 4, "m", "b"), nobody)
+        SimpleUDPClient(*server.address).send_message("/blend", 0.5)
+        _wait_for(lambda: store.snapshot().blend == 0.5)
+        assert server.counters.malformed == 0
