@@ -54,6 +54,14 @@ class FrameSource(abc.ABC):
     """Where frames come from. Read from one thread; ``close()`` may come from any."""
 
     uri: str
+    reconnects: int = 0
+    """How many times the sender came back after it was lost."""
+
+    @property
+    def waiting_for(self) -> str | None:
+        """What the source is waiting for while its sender is away (the status line says it);
+        None while frames can flow."""
+        return None
 
     @abc.abstractmethod
     def read(self, timeout: float) -> Frame | None:
