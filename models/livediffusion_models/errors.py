@@ -73,3 +73,11 @@ class WeightsCorruptError(ModelError):
             lines.append(f"  reason: {self.reason}")
         lines.append(f"  to fix: {self.fix}")
         return "\n".join(lines)
+
+
+class NonFiniteFrameError(ModelError):
+    """A frame came out of the model with NaN or infinite values; it was not shown.
+
+    The temporal state was cleared with it, so the next frame starts clean instead of
+    carrying the NaNs forward through feedback and smoothing.
+    """

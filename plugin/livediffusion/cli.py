@@ -304,6 +304,22 @@ def _models() -> int:
     return 0
 
 
+_LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def _configure_logging(config: ServeConfig, *, verbose: bool) -> None:
+    """--log-level for stderr and the file; -v still means debug; --log-file appends."""
+    root = logging.getLogger()
+    root.setLevel(logging.DEBUG if verbose else config.log_level.upper())
+    if config.log_file:
+        try:
+            handler = logging.FileHandler(config.log_file, encoding="utf-8")
+        except OSError as exc:
+            raise ValueError(f"cannot write the log file {config.log_file}: {exc}") from None
+        handler.setFormatter(logging.Formatter(_LOG_FORMAT, datefmt="%Y-%m-%d %H:%M:%S"))
+        root.addHandler(handler)
+
+
 def _osc(args: argparse.Namespace) -> int:
     from livediffusion.controls import format_address_table
     from livediffusion.options import _prefix
@@ -338,7 +354,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        format=_LOG_FORMAT,
         datefmt="%H:%M:%S",
     )
     from livediffusion_bridge import BridgeError
@@ -348,7 +364,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "serve":
             from livediffusion.server import run_server
 
-            return run_server(_serve_config(args))
+            config = _serve_config(args)
+            _configure_logging(config, verbose=args.verbose)
+            return run_server(config)
         if args.command == "sources":
             return _list_sources(args.timeout)
         if args.command == "download":

@@ -72,8 +72,11 @@ class ServeConfig:
     recall_glide: float = 1.0  # seconds a recall glides when /glide is 0
     cache_dir: str | None = None
     coreml: CoreMLSettings = field(default_factory=CoreMLSettings)
+    on_source_loss: str = "last"  # last | black | hold-input: what the sink shows meanwhile
     status_interval: float = 1.0
     duration: float | None = None  # stop by itself after this many seconds (demos, soak)
+    log_level: str = "info"
+    log_file: str | None = None
 
     def resolved_source(self) -> str:
         return self.source or default_source()

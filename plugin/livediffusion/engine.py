@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
+from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -37,9 +38,20 @@ log = logging.getLogger(__name__)
 _POLL = 0.1  # seconds a thread waits before re-checking for shutdown
 
 
+SourceLoss = Literal["last", "black", "hold-input"]
+SOURCE_LOSS_MODES: tuple[SourceLoss, ...] = ("last", "black", "hold-input")
+
+
 @dataclass(frozen=True, slots=True)
 class EngineOptions:
     output_size: tuple[int, int] | None = None  # (height, width); None = the input's size
+    on_source_loss: SourceLoss = "last"
+    """What the sink shows while the source is away: the last output, black, or the last
+    input picture passed through (framed like the output)."""
+    fallback_fps: float = 30.0  # how often the fallback is re-sent, so receivers stay connected
+    max_failures: int = 5  # consecutive failed frames before the model is bypassed
+    retry_after: float = 5.0  # seconds in bypass before the model is tried again
+    stall_after: float = 5.0  # seconds one frame may take before the watchdog says so
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,7 +99,14 @@ class Engine:
             threading.Thread(target=self._guard(self._publish), name="publish", daemon=True),
         ]
         self._started = False
+        self._stopped = False
         self._warm = threading.Event()
+        self._busy_since: float | None = None  # when the frame now in the model started
+        self._last_input = 0.0  # monotonic time of the newest input frame
+        self._held: Frame | None = None  # the newest input, for --on-source-loss hold-input
+        self._failures = 0  # consecutive failed frames
+        self._degraded_until: float | None = None  # bypassing the model until then
+        self._fallback_shown = False
         self._seed = 0  # the seed whose noise the backend holds; set in start()
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -120,10 +139,18 @@ class Engine:
         """Exceptions that stopped a frame thread (the engine stops when one does)."""
         return list(self._errors)
 
-    def stop(self, timeout: float = 1.5) -> list[str]:
-        """Stop and join every thread; returns the names of threads that did not finish."""
+    def stop(self, timeout: float = 1.0) -> list[str]:
+        """Stop and join every thread; returns the names of threads that did not finish.
+
+        A frame in flight is not waited for beyond ``timeout`` (a CPU frame can take seconds):
+        the threads are daemons, and :attr:`busy` tells the caller not to free the model
+        under them. Calling it again does not wait again.
+        """
         self._stop.set()
-        self._prompts.close()
+        if self._stopped:
+            return [thread.name for thread in self._threads if thread.is_alive()]
+        self._stopped = True
+        self._prompts.close(timeout=min(timeout, 0.5))
         deadline = time.monotonic() + timeout
         stuck = []
         for thread in self._threads:
@@ -132,8 +159,30 @@ class Engine:
                 if thread.is_alive():
                     stuck.append(thread.name)
         if stuck:
-            log.warning("threads still busy at shutdown: %s", ", ".join(stuck))
+            log.info("not waiting for the %s thread (a frame is in flight)", ", ".join(stuck))
         return stuck
+
+    @property
+    def busy(self) -> bool:
+        """A frame thread is still inside the model or a transport: do not free them."""
+        return any(thread.is_alive() for thread in self._threads)
+
+    # -- what the status line reports ------------------------------------------------------
+
+    def stalled_for(self, now: float | None = None) -> float | None:
+        """Seconds the current frame has been in the model, when that is far too long."""
+        since = self._busy_since
+        if since is None:
+            return None
+        now = time.monotonic() if now is None else now
+        typical = self.stats.step_p50()
+        limit = max(self.options.stall_after, 10.0 * typical)
+        return now - since if now - since > limit else None
+
+    @property
+    def degraded(self) -> bool:
+        """The model kept failing: frames pass through unprocessed for now."""
+        return self._degraded_until is not None
 
     def __enter__(self) -> Engine:
         return self.start()
@@ -164,7 +213,9 @@ class Engine:
             frame = self.source.read(timeout=_POLL)
             if frame is None:
                 continue
-            self.stats.frame_in(time.monotonic())
+            now = time.monotonic()
+            self._last_input = now
+            self.stats.frame_in(now)
             if self._inputs.put(frame) is not None:
                 self.stats.frame_dropped()
 
@@ -172,13 +223,18 @@ class Engine:
         # Warm up here, not on the caller's thread: CUDA libraries keep per-thread handles and
         # workspaces, so a warm-up elsewhere leaves this thread's first frame slow.
         log.info("warming up %s ...", self.backend.name)
+        self._busy_since = time.monotonic()
         log.info("warm in %.1f s", self.backend.warmup())
+        self._busy_since = None
         self._warm.set()
         first_frame = True
         while not self._stop.is_set():
             frame = self._inputs.take(timeout=_POLL)
             if frame is None:
+                self._fallback_if_lost()
                 continue
+            self._held = frame
+            self._fallback_shown = False
             controls = self.controls.snapshot()
             if self.controls.resets != self._resets:
                 self._resets = self.controls.resets
@@ -188,20 +244,101 @@ class Engine:
                 continue  # the sink keeps showing the last published frame
             out_h, out_w = self.options.output_size or (frame.height, frame.width)
             out = self._pool.acquire((out_h, out_w, 4))
-            if controls.bypass:
+            if controls.bypass or not self._model_due():
                 self.backend.passthrough(frame.pixels, out=out)
             else:
                 params = self._frame_params(controls)
                 started = time.monotonic()
-                self.backend.step(frame.pixels, params, out=out)
+                self._busy_since = started
+                try:
+                    self.backend.step(frame.pixels, params, out=out)
+                except Exception as exc:
+                    self._busy_since = None
+                    self._pool.release(out)
+                    self._failed(exc)
+                    continue
+                self._busy_since = None
+                self.stats.step_time(time.monotonic() - started)
+                self._recovered()
                 if first_frame:
                     log.info(
                         "first frame processed in %.0f ms", 1000 * (time.monotonic() - started)
                     )
                     first_frame = False
-            replaced = self._outputs.put(_Result(out, frame.timestamp))
-            if replaced is not None:
-                self._pool.release(replaced.pixels)
+            self._put_output(out, frame.timestamp)
+
+    def _put_output(self, out: npt.NDArray[np.uint8], captured: float) -> None:
+        replaced = self._outputs.put(_Result(out, captured))
+        if replaced is not None:
+            self._pool.release(replaced.pixels)
+
+    # -- faults ------------------------------------------------------------------------------
+
+    def _model_due(self) -> bool:
+        """False while bypassing a failing model; True again once it is time to retry."""
+        until = self._degraded_until
+        return until is None or time.monotonic() >= until
+
+    def _failed(self, exc: Exception) -> None:
+        """One frame failed (out of memory, NaN, a bug): say so, skip it, keep going."""
+        self._failures += 1
+        count = self.stats.frame_error()
+        if count <= 10 or count % 100 == 0:
+            log.error(
+                "frame skipped: %s: %s (%d failed so far)",
+                type(exc).__name__,
+                exc,
+                count,
+                exc_info=count <= 3,
+            )
+        if self._degraded_until is not None or self._failures >= self.options.max_failures:
+            if self._degraded_until is None:
+                log.error(
+                    "THE MODEL FAILED %d FRAMES IN A ROW: passing the input through unprocessed; "
+                    "trying the model again every %.0f s",
+                    self._failures,
+                    self.options.retry_after,
+                )
+            self._degraded_until = time.monotonic() + self.options.retry_after
+
+    def _recovered(self) -> None:
+        if self._degraded_until is not None:
+            log.warning("the model works again: processing frames")
+        self._failures = 0
+        self._degraded_until = None
+
+    # -- source loss ---------------------------------------------------------------------------
+
+    def source_lost(self, now: float | None = None) -> bool:
+        """The source says it waits for its sender, or no frame came for a long while."""
+        if self.source.waiting_for is not None:
+            return self._last_input > 0 or self._started
+        if self._last_input == 0:
+            return False
+        now = time.monotonic() if now is None else now
+        return now - self._last_input > max(1.0, 4.0 * self.stats.input_interval())
+
+    def _fallback_if_lost(self) -> None:
+        """On losing the source, put the chosen fallback in the output slot once; the publish
+        thread keeps re-sending whatever was published last."""
+        if self._fallback_shown or not self.source_lost():
+            return
+        self._fallback_shown = True
+        mode = self.options.on_source_loss
+        if mode == "last":
+            return
+        held = self._held
+        if held is not None:
+            shape = self.options.output_size or (held.height, held.width)
+        else:
+            shape = self.options.output_size or self.backend.model_size
+        out = self._pool.acquire((*shape, 4))
+        if mode == "hold-input" and held is not None:
+            self.backend.passthrough(held.pixels, out=out)
+        else:
+            out[..., :3] = 0
+            out[..., 3] = 255
+        self._put_output(out, time.monotonic())
 
     def _frame_params(self, controls: Controls) -> FrameParams:
         """Turn one snapshot into this frame's values: glides for new prompts and seeds, ramps
@@ -236,13 +373,24 @@ class Engine:
         )
 
     def _publish(self) -> None:
+        """Publish each result; while the source is lost, re-send the last one at
+        ``fallback_fps`` so receivers keep a picture and stay connected."""
+        period = 1.0 / self.options.fallback_fps
+        shown: npt.NDArray[np.uint8] | None = None  # the last published pixels, kept alive
         while not self._stop.is_set():
-            result = self._outputs.take(timeout=_POLL)
+            result = self._outputs.take(timeout=min(_POLL, period))
             if result is None:
+                if shown is not None and self.source_lost():
+                    self.sink.publish(shown)
+                    self.stats.fallback_out()
                 continue
             try:
                 self.sink.publish(result.pixels)
-            finally:
+            except BaseException:
                 self._pool.release(result.pixels)
+                raise
+            if shown is not None:
+                self._pool.release(shown)
+            shown = result.pixels
             now = time.monotonic()
             self.stats.frame_out(now, now - result.captured)

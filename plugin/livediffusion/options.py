@@ -542,6 +542,28 @@ def _build_options() -> tuple[Option, ...]:
             metavar="MAP",
         ),
         _serve(
+            "on_source_loss",
+            "frames",
+            "what the output shows while the source is away: the last output, black, or the "
+            "last input passed through",
+            _choice(("last", "black", "hold-input")),
+            choices=("last", "black", "hold-input"),
+        ),
+        _serve(
+            "log_level",
+            "run",
+            "how much to log (stderr, and --log-file)",
+            _choice(("debug", "info", "warning", "error")),
+            choices=("debug", "info", "warning", "error"),
+        ),
+        _serve(
+            "log_file",
+            "run",
+            "also write the log to this file (appended)",
+            _optional_text,
+            metavar="FILE",
+        ),
+        _serve(
             "status_interval",
             "run",
             "seconds between status lines",

@@ -83,10 +83,11 @@ class PromptEncoder:
         if _text(self._store, slot) == text:
             self._ready[slot].put((text, embedding))
 
-    def close(self) -> None:
+    def close(self, timeout: float = 1.5) -> None:
+        """Stop watching; an encode in flight is not waited for beyond ``timeout``."""
         self._stop.set()
         if self._thread.is_alive():
-            self._thread.join(timeout=1.5)
+            self._thread.join(timeout=timeout)
 
 
 def _text(store: ControlStore, slot: PromptSlot) -> str:

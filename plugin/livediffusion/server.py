@@ -19,7 +19,7 @@ from typing import Any, TextIO
 from livediffusion.backends import build_backend
 from livediffusion.config import ServeConfig
 from livediffusion.controls import ControlStore
-from livediffusion.engine import Engine, EngineOptions
+from livediffusion.engine import SOURCE_LOSS_MODES, Engine, EngineOptions, SourceLoss
 from livediffusion.presets import PresetFile
 from livediffusion.status import Stats, format_status, format_summary
 from livediffusion.surface import ControlSurface, StatusValues
@@ -83,6 +83,51 @@ class _StatusLine:
         if self._tty:
             self._stream.write("\n")
             self._stream.flush()
+
+
+def _source_loss(mode: str) -> SourceLoss:
+    if mode not in SOURCE_LOSS_MODES:
+        raise ValueError(f"on_source_loss must be one of {', '.join(SOURCE_LOSS_MODES)}")
+    return mode  # type: ignore[return-value]  # checked just above
+
+
+def _close_backend(backend: Backend, engines: list[Engine]) -> None:
+    """Free the model, unless a frame is still inside it (a CPU frame can take seconds):
+    freeing memory under a running kernel can abort the process. The process is about to
+    exit, which frees everything anyway."""
+    if engines and engines[0].busy:
+        log.debug("not closing the backend: a frame is still in flight")
+        return
+    backend.close()
+
+
+class _EngineNotes:
+    """What the status line adds about the frames: the source, the model, the watchdog.
+    A stall is also logged when first seen and every 10 s after, for logs read later."""
+
+    def __init__(self) -> None:
+        self._stall_logged = 0.0
+
+    def __call__(self, engine: Engine) -> str:
+        notes = []
+        waiting = engine.source.waiting_for
+        if waiting is not None:
+            notes.append(f"waiting for {waiting}")
+        elif engine.source_lost():
+            notes.append("no input frames")
+        stalled = engine.stalled_for()
+        if stalled is None:
+            self._stall_logged = 0.0
+        else:
+            notes.append(f"INFERENCE STALLED {stalled:.0f} s")
+            if self._stall_logged == 0.0 or stalled - self._stall_logged >= 10.0:
+                log.warning("the inference thread has been on one frame for %.0f s", stalled)
+                self._stall_logged = stalled
+        if engine.degraded:
+            notes.append("MODEL FAILING: passing the input through")
+        if engine.stats.errors:
+            notes.append(f"{engine.stats.errors} frames failed")
+        return "".join(" | " + note for note in notes)
 
 
 def _osc_note(osc: OscServer) -> str:
@@ -185,8 +230,12 @@ def _run(
         sink = stack.enter_context(open_sink(config.resolved_sink()))
         if backend is None:
             backend = build_backend(config)
-        stack.callback(backend.close)
-        options = EngineOptions(output_size=config.output_size)
+        engines: list[Engine] = []
+        stack.callback(_close_backend, backend, engines)
+        options = EngineOptions(
+            output_size=config.output_size,
+            on_source_loss=_source_loss(config.on_source_loss),
+        )
         engine = Engine(
             source=source,
             sink=sink,
@@ -196,11 +245,13 @@ def _run(
             stop=stop,
         )
         stack.callback(engine.stop)
+        engines.append(engine)
         stats.append(engine.stats)
         engine.start()
         running.set()
         log.info("running: %s -> %s", source.uri, sink.uri)
         line = _StatusLine(status_stream)
+        notes = _EngineNotes()
         deadline = None if config.duration is None else time.monotonic() + config.duration
         announced = False
         next_line = next_reply = time.monotonic()
@@ -213,7 +264,9 @@ def _run(
                 if not announced and sink.listen_address:
                     log.info("output listening on %s", sink.listen_address)
                     announced = True
-                line.show(format_status(engine.stats.snapshot()) + _osc_note(osc))
+                line.show(
+                    format_status(engine.stats.snapshot()) + notes(engine) + _osc_note(osc)
+                )
                 next_line = now + config.status_interval
             if deadline is not None and now >= deadline:
                 break

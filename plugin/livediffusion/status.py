@@ -92,9 +92,12 @@ class Stats:
         self._in_times = _Ring(window)
         self._out_times = _Ring(window)
         self._latencies = _Ring(window)
+        self._steps = _Ring(64)
         self.frames_in = 0
         self.frames_out = 0
         self.dropped = 0
+        self.errors = 0  # frames the model failed on (skipped)
+        self.fallback = 0  # fallback frames re-sent while the source was away
 
     def frame_in(self, now: float) -> None:
         with self._lock:
@@ -104,6 +107,34 @@ class Stats:
     def frame_dropped(self, count: int = 1) -> None:
         with self._lock:
             self.dropped += count
+
+    def frame_error(self) -> int:
+        """Count a frame the model failed on; returns how many so far."""
+        with self._lock:
+            self.errors += 1
+            return self.errors
+
+    def fallback_out(self) -> None:
+        with self._lock:
+            self.fallback += 1
+
+    def step_time(self, seconds: float) -> None:
+        with self._lock:
+            self._steps.add(seconds)
+
+    def step_p50(self) -> float:
+        """The typical time the model takes for a frame (0 before the first)."""
+        with self._lock:
+            steps = self._steps.values()
+        return float(np.median(steps)) if len(steps) else 0.0
+
+    def input_interval(self) -> float:
+        """The typical time between input frames, from the recent ones (0 before two)."""
+        with self._lock:
+            times = self._in_times.values()
+        if len(times) < 2:
+            return 0.0
+        return float(np.median(np.diff(np.sort(times))))
 
     def frame_out(self, now: float, latency: float) -> None:
         with self._lock:

@@ -65,6 +65,9 @@ CHANGED: dict[str, str] = {
     "osc_rate": "500.0",
     "midi": '"nanoKONTROL2"',
     "midi_map": '"nanokontrol2"',
+    "on_source_loss": '"hold-input"',
+    "log_level": '"debug"',
+    "log_file": '"/tmp/livediffusion show.log"',
     "status_interval": "0.5",
     "duration": "60.0",
 }
@@ -110,6 +113,9 @@ BAD: dict[str, tuple[str, str]] = {
     "osc_rate": ("0", "datagrams per second > 0"),
     "midi": ("7", "must be a string"),
     "midi_map": ("false", "must be a string"),
+    "on_source_loss": ('"freeze"', "one of last, black, hold-input"),
+    "log_level": ('"loud"', "one of debug, info, warning, error"),
+    "log_file": ("3", "must be a string"),
     "status_interval": ("0", "seconds > 0"),
     "duration": ("-5", "seconds >= 0"),
 }

@@ -117,6 +117,14 @@ class StepInputs:
     def reset(self) -> None:
         self.fresh = True
 
+    @torch.inference_mode()
+    def clear_state(self) -> None:
+        """Zero the temporal state and start afresh: after a frame that went NaN, a reset
+        alone is not enough (feedback 0 still multiplies the NaNs by 0, which is NaN)."""
+        self.previous_x0.zero_()
+        self.previous_output.zero_()
+        self.fresh = True
+
     def update_controls(self, params: FrameParams) -> torch.Tensor:
         """Write this frame's controls vector (one host write, one upload) and return it.
 

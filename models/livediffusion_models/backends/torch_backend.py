@@ -24,6 +24,7 @@ from livediffusion_models.backends.base import (
     StageTimer,
 )
 from livediffusion_models.backends.inputs import StepInputs, StepInputsBackend, TextEncoder
+from livediffusion_models.errors import NonFiniteFrameError
 from livediffusion_models.imaging import Geometry, plan_geometry, to_model, to_pixels
 from livediffusion_models.schedule import NoiseSchedule
 from livediffusion_models.step import FrameStep
@@ -196,7 +197,14 @@ class TorchBackend(StepInputsBackend):
         buffers = self._buffers_for(pixels, out)
         self._to_model(pixels, buffers)
         output = self.inputs.run(self.frame_step, self._image)
+        finite = torch.isfinite(output).all()  # queued now, read after the download's sync
         self._to_pixels(output, buffers, out)
+        if not bool(finite):
+            self.inputs.clear_state()
+            raise NonFiniteFrameError(
+                "the model produced NaN or infinite values; the frame was skipped and the "
+                "temporal state cleared"
+            )
 
     @torch.inference_mode()
     def passthrough(self, pixels: Pixels, *, out: Pixels) -> None:

@@ -1,0 +1,243 @@
+"""Faults inside the engine: a failing or NaN frame is skipped and reported, a model that keeps
+failing is bypassed (and retried), a stalled frame is noticed, a lost source gets a fallback."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from livediffusion.controls import Controls, ControlStore
+from livediffusion.engine import Engine, EngineOptions
+from livediffusion_bridge import memory, open_sink, open_source
+from livediffusion_models.backends import Backend, FrameParams
+from livediffusion_models.errors import NonFiniteFrameError
+
+pytestmark = pytest.mark.integration
+
+_STILL = Controls(smoothing=0.0, feedback=0.0, prompt_glide=0.0, seed_glide=0.0)
+
+
+class Faulty(Backend):
+    """The real tiny backend, with faults injected into ``step`` on request."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.fail = 0  # fail this many steps
+        self.sleep = 0.0  # take this long per step
+        self.steps = 0
+
+    @property
+    def model_size(self) -> tuple[int, int]:
+        size: tuple[int, int] = self.inner.model_size
+        return size
+
+    def encode_prompt(self, text: str) -> Any:
+        return self.inner.encode_prompt(text)
+
+    def set_prompt(self, embedding: Any, *, from_mix: float = 1.0, slot: Any = "a") -> None:
+        self.inner.set_prompt(embedding, from_mix=from_mix, slot=slot)
+
+    def set_seed(self, seed: int, *, from_mix: float = 1.0) -> None:
+        self.inner.set_seed(seed, from_mix=from_mix)
+
+    def reset(self) -> None:
+        self.inner.reset()
+
+    def step(self, pixels: Any, params: FrameParams, *, out: Any) -> None:
+        self.steps += 1
+        if self.sleep:
+            time.sleep(self.sleep)
+        if self.fail > 0:
+            self.fail -= 1
+            raise torch.OutOfMemoryError("CUDA out of memory (injected)")
+        self.inner.step(pixels, params, out=out)
+
+    def passthrough(self, pixels: Any, *, out: Any) -> None:
+        self.inner.passthrough(pixels, out=out)
+
+    def stage_timers(self) -> Mapping[str, Callable[[], None]]:
+        return {}
+
+    def warmup(self, *, frames: int = 2) -> float:
+        return float(self.inner.warmup(frames=frames))
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def _picture(seed: int) -> np.ndarray:
+    pixels = np.random.default_rng(seed).integers(0, 256, (64, 64, 4), dtype=np.uint8)
+    pixels[..., 3] = 255
+    return pixels
+
+
+@pytest.fixture
+def engine_with(
+    make_tiny_backend: Callable[..., Any],
+) -> Iterator[Callable[..., tuple[Engine, Faulty]]]:
+    memory.reset()
+    engines: list[Engine] = []
+
+    def start(**options: Any) -> tuple[Engine, Faulty]:
+        backend = Faulty(make_tiny_backend())
+        engine = Engine(
+            source=open_source("memory://cam"),
+            sink=open_sink("memory://out"),
+            backend=backend,
+            controls=ControlStore(_STILL),
+            options=EngineOptions(**options),
+        )
+        engines.append(engine.start())
+        return engine, backend
+
+    yield start
+    for engine in engines:
+        engine.stop()
+        engine.source.close()
+        engine.sink.close()
+    memory.reset()
+
+
+def _outputs(picture: np.ndarray, count: int, timeout: float = 20.0) -> list[np.ndarray]:
+    out = memory.channel("out")
+    start = out.published_count
+    deadline = time.monotonic() + timeout
+    while out.published_count < start + count:
+        assert time.monotonic() < deadline, "no output"
+        memory.channel("cam").push(picture)
+        time.sleep(0.03)
+    return [frame.pixels for frame in out.published[start : start + count]]
+
+
+def test_a_failing_frame_is_skipped_and_counted(
+    engine_with: Callable[..., tuple[Engine, Faulty]],
+) -> None:
+    engine, backend = engine_with()
+    picture = _picture(1)
+    processed = _outputs(picture, 2)[-1]
+    backend.fail = 2
+    after = _outputs(picture, 3)
+    assert engine.stats.errors == 2
+    assert engine.running and engine.errors == []
+    assert not engine.degraded  # two in a row is not "keeps failing"
+    assert np.array_equal(after[-1], processed)  # the model, not a passthrough
+
+
+def test_a_model_that_keeps_failing_is_bypassed_then_retried(
+    engine_with: Callable[..., tuple[Engine, Faulty]],
+) -> None:
+    engine, backend = engine_with(max_failures=3, retry_after=0.5)
+    picture = _picture(2)
+    processed = _outputs(picture, 2)[-1]
+    backend.fail = 10_000
+    outputs = _outputs(picture, 5)
+    assert engine.degraded
+    assert np.abs(outputs[-1].astype(int) - picture.astype(int)).max() <= 1  # passed through
+    failed = engine.stats.errors
+    time.sleep(0.7)
+    _outputs(picture, 3)
+    assert engine.stats.errors > failed  # it was tried again after retry_after
+    backend.fail = 0
+    time.sleep(0.7)
+    recovered = _outputs(picture, 3)[-1]
+    assert not engine.degraded
+    assert np.array_equal(recovered, processed)
+
+
+def test_the_watchdog_notices_a_stalled_frame(
+    engine_with: Callable[..., tuple[Engine, Faulty]],
+) -> None:
+    engine, backend = engine_with(stall_after=0.3)
+    picture = _picture(3)
+    _outputs(picture, 2)
+    assert engine.stalled_for() is None
+    backend.sleep = 2.0
+    memory.channel("cam").push(picture)
+    deadline = time.monotonic() + 1.5
+    while engine.stalled_for() is None:
+        assert time.monotonic() < deadline, "the stall went unnoticed"
+        time.sleep(0.05)
+    stalled = engine.stalled_for()
+    assert stalled is not None and stalled > 0.3
+    backend.sleep = 0.0
+
+
+def test_a_nan_frame_is_refused_and_the_state_cleared(
+    make_tiny_backend: Callable[..., Any],
+) -> None:
+    backend = make_tiny_backend()
+    backend.set_prompt(backend.encode_prompt("a prompt"))
+    picture = _picture(4)
+    out = np.empty_like(picture)
+    params = FrameParams(feedback=0.5, smoothing=0.5)
+    backend.step(picture, params, out=out)
+    fresh = make_tiny_backend()
+    fresh.set_prompt(fresh.encode_prompt("a prompt"))
+    expected = np.empty_like(picture)
+    fresh.step(picture, params, out=expected)  # a first frame: no temporal state
+    weight = next(backend.frame_step.unet.parameters())
+    saved = weight.detach().clone()
+    with torch.no_grad():
+        weight.fill_(float("nan"))
+    with pytest.raises(NonFiniteFrameError):
+        backend.step(picture, params, out=out)
+    with torch.no_grad():
+        weight.copy_(saved)
+    backend.step(picture, params, out=out)
+    # the NaNs did not survive in the feedback: the next frame is a clean first frame
+    assert np.array_equal(out, expected)
+
+
+@pytest.mark.parametrize("mode", ["last", "black", "hold-input"])
+def test_a_lost_source_gets_the_chosen_fallback(
+    engine_with: Callable[..., tuple[Engine, Faulty]], mode: str
+) -> None:
+    engine, _ = engine_with(on_source_loss=mode, fallback_fps=20.0)
+    picture = _picture(5)
+    last = _outputs(picture, 3)[-1]
+    out = memory.channel("out")
+    assert not engine.source_lost()
+    time.sleep(1.5)  # no input: lost after max(1 s, 4 input intervals)
+    assert engine.source_lost()
+    count = out.published_count
+    time.sleep(0.5)
+    assert out.published_count - count >= 5  # re-sent at about 20 fps while lost
+    shown = out.published[-1].pixels
+    if mode == "last":
+        assert np.array_equal(shown, last)
+    elif mode == "black":
+        assert shown[..., :3].max() == 0 and shown.shape == picture.shape
+    else:
+        assert np.abs(shown.astype(int) - picture.astype(int)).max() <= 1
+    # and the live picture is back as soon as the source is
+    back = _outputs(_picture(6), 3)[-1]
+    assert not np.array_equal(back, shown)
+
+
+def test_stop_returns_quickly_with_a_frame_in_flight(
+    engine_with: Callable[..., tuple[Engine, Faulty]],
+) -> None:
+    engine, backend = engine_with()
+    picture = _picture(7)
+    _outputs(picture, 2)
+    backend.sleep = 5.0
+    memory.channel("cam").push(picture)
+    time.sleep(0.3)
+    started = time.monotonic()
+    stuck = engine.stop(timeout=0.5)
+    assert time.monotonic() - started < 1.0
+    assert stuck == ["inference"] and engine.busy
+    started = time.monotonic()
+    assert engine.stop() == ["inference"]  # a second stop does not wait again
+    assert time.monotonic() - started < 0.1
+    backend.sleep = 0.0
+    deadline = time.monotonic() + 10
+    while engine.busy and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not engine.busy
