@@ -28,7 +28,7 @@ from livediffusion.glide import Glide, Ramp
 from livediffusion.prompts import PromptEncoder
 from livediffusion.slots import BufferPool, LatestSlot
 from livediffusion.status import Stats
-from livediffusion_bridge import Frame, FrameSink, FrameSource
+from livediffusion_bridge import Frame, FrameSink, FrameSource, TransportError
 from livediffusion_models.backends import Backend, FrameParams
 
 __all__ = ["Engine", "EngineOptions"]
@@ -386,6 +386,19 @@ class Engine:
                 continue
             try:
                 self.sink.publish(result.pixels)
+            except TransportError as exc:
+                self._pool.release(result.pixels)
+                if shown is None:  # never published: the sink cannot work, say it once
+                    log.error("cannot publish to %s: %s", self.sink.uri, exc)
+                    self._errors.append(exc)
+                    self._stop.set()
+                    return
+                count = self.stats.frame_error()
+                if count <= 10 or count % 100 == 0:
+                    log.warning(
+                        "publishing to %s failed: %s (%d so far)", self.sink.uri, exc, count
+                    )
+                continue
             except BaseException:
                 self._pool.release(result.pixels)
                 raise

@@ -13,7 +13,7 @@ import torch
 
 from livediffusion.controls import Controls, ControlStore
 from livediffusion.engine import Engine, EngineOptions
-from livediffusion_bridge import memory, open_sink, open_source
+from livediffusion_bridge import FrameSink, TransportError, memory, open_sink, open_source
 from livediffusion_models.backends import Backend, FrameParams
 from livediffusion_models.errors import NonFiniteFrameError
 
@@ -241,3 +241,60 @@ def test_stop_returns_quickly_with_a_frame_in_flight(
     while engine.busy and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not engine.busy
+
+
+class _FailingSink(FrameSink):
+    """A sink whose sender cannot be made, or fails once in a while, as transports do."""
+
+    def __init__(self, fail_from: int, fail_until: int) -> None:
+        self.uri = "failing://out"
+        self.calls = 0
+        self.fail = range(fail_from, fail_until)
+        self.published = 0
+
+    def publish(self, pixels: Any) -> None:
+        self.calls += 1
+        if self.calls in self.fail:
+            raise TransportError("the sender could not be created (injected)")
+        self.published += 1
+
+    def close(self) -> None:
+        pass
+
+
+def _run_with_sink(make_tiny_backend: Callable[..., Any], sink: FrameSink) -> Engine:
+    memory.reset()
+    engine = Engine(
+        source=open_source("memory://cam"),
+        sink=sink,
+        backend=make_tiny_backend(),
+        controls=ControlStore(Controls(bypass=True)),
+    )
+    engine.start()
+    picture = _picture(8)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and engine.running:
+        memory.channel("cam").push(picture)
+        time.sleep(0.03)
+    engine.stop()
+    engine.source.close()
+    return engine
+
+
+def test_a_sink_that_cannot_open_stops_with_one_clear_error(
+    make_tiny_backend: Callable[..., Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    engine = _run_with_sink(make_tiny_backend, _FailingSink(1, 10**9))
+    assert len(engine.errors) == 1 and isinstance(engine.errors[0], TransportError)
+    [record] = [r for r in caplog.records if "cannot publish" in r.getMessage()]
+    assert "failing://out" in record.getMessage() and record.exc_info is None
+
+
+def test_a_sink_failing_later_is_logged_and_publishing_goes_on(
+    make_tiny_backend: Callable[..., Any],
+) -> None:
+    sink = _FailingSink(3, 6)
+    engine = _run_with_sink(make_tiny_backend, sink)
+    assert engine.errors == []
+    assert engine.stats.errors == 3
+    assert sink.published > 10
