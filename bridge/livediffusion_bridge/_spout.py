@@ -1,38 +1,107 @@
-"""Spout sources and sinks (Windows) through SpoutGL 0.1.1, imported on first use.
+"""Spout sources and sinks (Windows) through SpoutGL 0.1.x, imported on first use.
 
-Written against the SpoutGL 0.1.1 binding source; not run on this project's Linux machines.
-Two quirks of that binding matter here: ``sendImage`` labels its integers ``height, width``
-but hands the first to Spout as the width (its own test passes the width first, and so do
-we), and ``getSenderName`` is wired to ``GetSenderWidth``, so it is never used.
+Written against the library's source, not run on this project's Linux machines (there it is
+tested through ``tests/spoutgl_fake.py``, a contract fake built from the same reading).
+What was checked, and where:
 
-Spout works through OpenGL, which SpoutGL opens itself on the first send or receive, on
-the calling thread. Read (or publish) from one thread; ``close()`` from another thread
-releases the sender/receiver without that context current, which Spout tolerates at exit
-but which has not been exercised here.
+* jlai/Python-SpoutGL ``src/PySpoutGL.cpp`` at 3473e01, the newest source read: it has all
+  that the 0.1.0 release notes list ("Update spout to 2.007.014; add getSenderList(),
+  getSenderInfo(), getActiveSender(), setActiveSender()"); 0.1.1 itself was not readable.
+  Both classes bind ``createOpenGL``/``closeOpenGL`` straight to ``spoutGL::CreateOpenGL``/
+  ``CloseOpenGL``, and ``getActiveSender`` (``None`` when there is none); ``SpoutReceiver``
+  binds ``getSenderList``. ``receiveImage(buffer, format, invert, fbo)`` raises
+  ``BufferError`` when the buffer is smaller than ``GetSenderWidth() * GetSenderHeight()``
+  (the size known *before* the call) and passes ``None`` on as a null pointer. ``sendImage``
+  labels its integers ``height, width`` but hands the first to ``SendImage`` as the width (its
+  own ``tests/test.py`` passes the width first, and so do we). ``getSenderName`` is bound to
+  ``GetSenderWidth``: never used.
+* ``SpoutGL.cpp`` (as vendored there, 2ada83c, and in leadedge/Spout2 ``SPOUTSDK/SpoutGL``):
+  ``spoutGL::OpenSpout`` returns false when ``wglGetCurrentDC()`` is null ("Cannot get GL
+  device context"), so without an OpenGL context *current on the calling thread*
+  ``ReceiveImage`` returns false for ever and ``SendImage`` (``CheckSender``) fails: the two
+  faults of the previous version of this module. ``CreateOpenGL`` makes a hidden window and
+  context current on the *calling* thread (or does nothing if it has one); ``CloseOpenGL``
+  must run there too (``wglDeleteContext`` refuses a context current in another thread, and
+  Win32's ``DestroyWindow`` another thread's window). ``~spoutGL``: "an OpenGL context is
+  necessary for release of OpenGL objects in CleanupGL and CleanupInterop", which
+  ``ReleaseSender`` (and, in 2.007.017, ``ReleaseReceiver``) call as well.
+* ``Spout.cpp`` (Spout2, the 2.007h and 2.007.017 revisions): ``ReceiveSenderData`` takes
+  the *active* sender when no name is set, and ``SpoutSenderNames.cpp``
+  ``RegisterSenderName`` makes every newly registered sender the active one, so our own sink
+  becomes "the active sender" as it starts. ``ReceiveImage`` returns true *without reading*
+  on a new sender or size (it sets the update flag), and then again on every call until
+  ``IsUpdated()`` is called: the 2.007.017 log removes that check only on 21.10.25, so
+  2.007.014 has it. ``SpoutFrameCount.cpp``: ``IsFrameNew`` is a flag, true by default and
+  always while frame counting is off in SpoutSettings, that ``ReleaseReceiver`` leaves alone.
+* ``SpoutGL.cpp`` ``ReadGLDXpixels``/``UnloadTexturePixels``: pixels come back through a ring
+  of pixel buffer objects, one frame late. The first read after the PBOs are (re)made maps a
+  buffer never filled ("glMapBuffer can return NULL ... skip the copy rather than return
+  false"), and a new size deletes the PBOs and copies nothing, while ``ReceiveImage`` still
+  returns true and ``IsFrameNew`` says new. So a "new frame" may not have been written.
+
+How this module copes:
+
+* **OpenGL context per thread.** Nothing Spout is made where the source or sink is built.
+  The first read (the engine's capture thread) or first publish (its publish thread) makes a
+  hidden context there with ``createOpenGL`` (on a helper ``SpoutReceiver``, so the context
+  is independent of the objects that use it), then the receiver or sender, under that
+  context. Everything made on a thread is released on that thread, then the context closed:
+  at ``close()`` when ``close()`` runs there; otherwise (``close()`` from another thread,
+  as the engine's owner does after joining its threads) at that thread's next call into
+  this module, or when the thread ends (CPython clears a finished thread's
+  ``threading.local`` on that thread). Another thread never touches the objects.
+* **No garbage frames.** Each receive goes into a fresh buffer in which a fixed pseudo-random
+  pattern is written at 64 spread-out byte positions. Spout writes a frame whole or not at
+  all, so a buffer whose pattern is intact was not written, whatever ``receiveImage`` and
+  ``isFrameNew`` said: it is never delivered. And after every (re)connection, change of
+  sender and change of size, the first frame that *was* written is dropped too: the PBO ring
+  may still hold a picture from before the change.
+* **Never our own output.** ``spout://`` takes the active sender, but this module picks it
+  itself, skipping every sender name this process's sinks registered (and
+  ``livediffusion``, the default sink name), then pins the receiver to that name, as Spout's
+  own receivers stay with the sender they connected to until it closes. Named targets are
+  taken as given (a loopback check names our own sender on purpose); ``?own=1`` lets
+  ``spout://`` take ours too.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import re
 import sys
 import threading
 import time
+from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 import numpy as np
 
+from ._base import LiveSink, LiveSource, SourceLost
 from ._listing import SourceInfo
 from ._options import Options
-from ._pacing import poll_for_frame
-from .errors import BackendUnavailableError, ClosedError, SourceNotFoundError, TransportError
-from .frame import Frame, FrameSink, FrameSource, Pixels, as_pixels
+from .errors import BackendUnavailableError, SourceNotFoundError, TransportError
+from .frame import Frame, Pixels
 from .uri import SourceURI
 
-__all__ = ["SpoutSink", "SpoutSource", "list_sources", "open_sink", "open_source"]
+__all__ = [
+    "DEFAULT_SENDER_NAME",
+    "SpoutSink",
+    "SpoutSource",
+    "list_sources",
+    "open_sink",
+    "open_source",
+    "own_senders",
+    "pick_sender",
+]
+
+log = logging.getLogger(__name__)
 
 INSTALL_HINT = 'pip install "livediffusion[windows]"'
 DEFAULT_SENDER_NAME = "livediffusion"
-_POLL = 0.002
-"""Sleep between receive attempts; well under a frame at any host frame rate."""
+_PROBES = 64
+_PATTERN = np.random.default_rng(0x5B0D7).integers(1, 255, size=_PROBES, dtype=np.uint8)
+"""What a buffer holds at its probe positions until Spout writes a frame into it."""
 
 
 def _load() -> Any:
@@ -51,21 +120,227 @@ def _load() -> Any:
     return SpoutGL
 
 
-def _sender_names(spout: Any) -> list[str]:
+# -- our own senders -------------------------------------------------------------------------
+
+_own_lock = threading.Lock()
+_OWN_SENDERS: set[str] = {DEFAULT_SENDER_NAME}
+"""Every sender name this process's sinks asked for or got, kept after they stop."""
+
+
+def own_senders() -> frozenset[str]:
+    """Sender names ``spout://`` never receives from: ours, and the default sink name."""
+    with _own_lock:
+        return frozenset(_OWN_SENDERS)
+
+
+def _remember_own(name: str) -> None:
+    with _own_lock:
+        _OWN_SENDERS.add(name)
+
+
+def pick_sender(
+    names: Sequence[str], active: str | None, target: str, own: Collection[str] = ()
+) -> str | None:
+    """The sender to receive from: ``target`` if it is listed; for an empty target the
+    active sender, or else the first listed, leaving out the names in ``own``."""
+    if target:
+        return target if target in names else None
+    others = [name for name in names if name not in own]
+    if active is not None and active in others:
+        return active
+    return others[0] if others else None
+
+
+def _sender_state(spout: Any) -> tuple[list[str], str | None]:
+    """The listed sender names and the active one. Shared memory only: no OpenGL needed."""
     receiver = spout.SpoutReceiver()
-    try:
-        return [str(name) for name in receiver.getSenderList()]
-    finally:
-        receiver.releaseReceiver()
+    names = [str(name) for name in receiver.getSenderList()]
+    active = receiver.getActiveSender()
+    return names, None if active is None else str(active)
 
 
 def list_sources(timeout: float) -> list[SourceInfo]:
     del timeout  # Spout's sender list is shared memory: it answers at once
     spout = _load()
+    names, _ = _sender_state(spout)
     return [
-        SourceInfo(uri=str(SourceURI("spout", name)), kind="spout", name=name)
-        for name in _sender_names(spout)
+        SourceInfo(uri=str(SourceURI("spout", name)), kind="spout", name=name) for name in names
     ]
+
+
+# -- one OpenGL context per thread ----------------------------------------------------------
+
+
+class _Owned:
+    """A SpoutGL object made under one thread's context; ``obj`` is None once released."""
+
+    __slots__ = ("gl", "obj", "release")
+
+    def __init__(self, gl: _ThreadGL, obj: Any, release: str) -> None:
+        self.gl = gl
+        self.obj: Any = obj
+        self.release = release
+
+
+class _ThreadGL:
+    """The hidden OpenGL context of one thread and the Spout objects made under it.
+
+    Only this thread calls the objects. Another thread that is done with one hands it over
+    (:meth:`give_up`); this thread releases it at its next call into the module, or as it
+    ends. The context closes when nothing made under it is left.
+    """
+
+    _local = threading.local()
+
+    def __init__(self, spout: Any) -> None:
+        self.spout = spout
+        self.ident = threading.get_ident()
+        self.thread_name = threading.current_thread().name
+        self.closed = False
+        self._lock = threading.Lock()
+        self._owned: list[_Owned] = []
+        self._given_up: list[_Owned] = []
+        holder = spout.SpoutReceiver()
+        # spoutGL::CreateOpenGL: a hidden window and context, current on this thread (or
+        # nothing, when the thread already has a context of its own).
+        if not holder.createOpenGL():
+            raise TransportError(
+                f"Spout could not create an OpenGL context on thread {self.thread_name!r} "
+                "(SpoutGL createOpenGL failed: no graphics driver or no desktop session?)"
+            )
+        self._holder: Any = holder
+
+    @classmethod
+    def here(cls, spout: Any) -> _ThreadGL:
+        """This thread's context, made now if it has none; runs releases left for it."""
+        gl: _ThreadGL | None = getattr(cls._local, "gl", None)
+        if gl is not None and not gl.closed:
+            gl.sweep()
+        if gl is None or gl.closed or gl.spout is not spout:  # (another module: tests)
+            gl = cls(spout)
+            cls._local.gl = gl
+            cls._local.watch = _ThreadEnd(gl)  # only this thread's locals hold it
+        return gl
+
+    @classmethod
+    def sweep_here(cls) -> None:
+        gl: _ThreadGL | None = getattr(cls._local, "gl", None)
+        if gl is not None and not gl.closed:
+            gl.sweep()
+
+    def is_here(self) -> bool:
+        return not self.closed and threading.get_ident() == self.ident
+
+    def make(self, factory: Callable[[], Any], release: str) -> _Owned:
+        """Make a Spout object under this context; ``release`` names its release method."""
+        owned = _Owned(self, factory(), release)
+        with self._lock:
+            self._owned.append(owned)
+        return owned
+
+    def give_up(self, owned: _Owned) -> None:
+        """Release ``owned`` now on this thread, or leave it for this thread to release."""
+        if self.is_here():
+            self._release(owned)
+            self._close_if_unused()
+            return
+        with self._lock:
+            if not self.closed and owned in self._owned and owned not in self._given_up:
+                self._given_up.append(owned)
+
+    def sweep(self) -> None:
+        """On this thread: release what other threads gave up."""
+        with self._lock:
+            given_up, self._given_up = self._given_up, []
+        if given_up:
+            for owned in given_up:
+                self._release(owned)
+            self._close_if_unused()
+
+    def end(self) -> None:
+        """On this thread, as it ends: release everything made here, then the context."""
+        if self.closed:
+            return
+        with self._lock:
+            owned, self._given_up = list(self._owned), []
+        for item in owned:
+            self._release(item)
+        self._close()
+
+    def _release(self, owned: _Owned) -> None:
+        with self._lock:
+            if owned not in self._owned:
+                return
+            self._owned.remove(owned)
+        obj, owned.obj = owned.obj, None
+        try:
+            getattr(obj, owned.release)()
+        except Exception:
+            log.exception("Spout: %s failed", owned.release)
+        # The last reference goes here, so the destructor (spoutGL::~spoutGL, CleanupGL)
+        # runs on this thread with the context still current.
+        del obj
+
+    def _close_if_unused(self) -> None:
+        with self._lock:
+            unused = not self._owned
+        if unused:
+            self._close()
+
+    def _close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        holder, self._holder = self._holder, None
+        try:
+            if not holder.closeOpenGL():
+                log.warning("Spout: closing the OpenGL context of %r failed", self.thread_name)
+        except Exception:
+            log.exception("Spout: closing the OpenGL context of %r failed", self.thread_name)
+        del holder
+
+
+class _ThreadEnd:
+    """Lives only in one thread's ``threading.local``: CPython drops that on the thread as
+    it finishes, so ``__del__`` releases the thread's Spout objects and context there."""
+
+    def __init__(self, gl: _ThreadGL) -> None:
+        self.gl = gl
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):  # may run at interpreter exit
+            self.gl.end()
+
+
+# -- the garbage-frame rule -----------------------------------------------------------------
+
+_probe_cache: dict[int, np.ndarray] = {}
+
+
+def _probes(size: int) -> np.ndarray:
+    index = _probe_cache.get(size)
+    if index is None:
+        index = np.unique(np.linspace(0, size - 1, min(size, _PROBES)).astype(np.intp))
+        _probe_cache[size] = index
+    return index
+
+
+def _arm(buffer: Pixels) -> Pixels:
+    """Write the pattern at the probe positions: the marks of a buffer Spout did not write."""
+    flat = buffer.reshape(-1)
+    index = _probes(flat.size)
+    flat[index] = _PATTERN[: index.size]
+    return buffer
+
+
+def _untouched(buffer: Pixels) -> bool:
+    flat = buffer.reshape(-1)
+    index = _probes(flat.size)
+    return bool(np.array_equal(flat[index], _PATTERN[: index.size]))
+
+
+def _fresh(height: int, width: int) -> Pixels:
+    return _arm(np.empty((height, width, 4), dtype=np.uint8))
 
 
 # -- source --------------------------------------------------------------------------------
@@ -74,108 +349,149 @@ def list_sources(timeout: float) -> list[SourceInfo]:
 def open_source(uri: SourceURI) -> SpoutSource:
     options = Options(uri, role="source")
     wait = options.number("wait", 0.0, minimum=0.0, maximum=600.0)
-    invert = options.flag("invert", False)
     fps = options.rate("fps", 60.0)
+    flip = options.flag("flip", False)
+    invert = options.flag("invert", False)  # the earlier name of flip
+    own = options.flag("own", False)
     options.finish()
-    return SpoutSource(str(uri), target=uri.target.strip(), wait=wait, invert=invert, fps=fps)
+    return SpoutSource(
+        str(uri), target=uri.target.strip(), wait=wait, flip=flip or invert, fps=fps, own=own
+    )
 
 
-class SpoutSource(FrameSource):
-    """Receives from one Spout sender (``spout://NAME``) or the active one (``spout://``).
+class SpoutSource(LiveSource):
+    """Receives from one Spout sender (``spout://NAME``) or the active one (``spout://``),
+    never our own output in the latter case (unless ``own``).
 
-    Each delivered frame is the buffer Spout wrote into, handed over whole; the next frame
-    goes into a fresh buffer. When the sender does not count frames, Spout cannot tell new
-    frames from old, so delivery is capped at ``fps``.
+    The receiver and its OpenGL context are made on the reading thread, at the first read.
+    ``flip`` turns pictures upside down (OpenGL senders may send them that way). When the
+    sender does not count frames (SpoutSettings' frame counting off), Spout cannot tell new
+    frames from old, so delivery is capped at ``fps``. A sender that quits is waited for and
+    picked up again when it returns, at any size.
     """
 
     def __init__(
-        self, uri: str, *, target: str, wait: float = 0.0, invert: bool = False, fps: float = 60.0
+        self,
+        uri: str,
+        *,
+        target: str,
+        wait: float = 0.0,
+        flip: bool = False,
+        fps: float = 60.0,
+        own: bool = False,
     ) -> None:
-        self.uri = uri
-        self._target = target
-        self._invert = invert
-        self._period = 1.0 / fps
+        super().__init__(uri, describe=f"Spout sender {target!r}" if target else "any Spout sender")
         self._spout = _load()
         self._format = int(self._spout.enums.GL_RGBA)
-        self._lock = threading.Lock()
-        self._closed = threading.Event()
+        self._target = target
+        self._flip = flip
+        self._period = 1.0 / fps
+        self._own = own
+        self._receiver: _Owned | None = None
+        self._sender: str | None = None
         self._buffer: Pixels | None = None
-        self._fresh = False
+        self._discard = 0
         self._last = 0.0
-        self._receiver: Any = self._spout.SpoutReceiver()
-        try:
-            if target:
-                self._receiver.setReceiverName(target)
-            deadline = time.monotonic() + wait
-            while wait > 0 and not self._visible():
-                if time.monotonic() >= deadline:
-                    seen = _sender_names(self._spout)
-                    raise SourceNotFoundError(
-                        f"no Spout sender {target!r} within {wait:g} s; "
-                        f"visible: {', '.join(seen) or 'none'}"
-                    )
-                time.sleep(0.05)
-        except BaseException:
-            self.close()
-            raise
+        if wait > 0:
+            self._wait_until_visible(wait)
 
-    def _visible(self) -> bool:
-        names = _sender_names(self._spout)
-        return target_in(names, self._target)
+    @property
+    def sender(self) -> str | None:
+        """The sender being received from, while connected."""
+        return self._sender
+
+    def _skip(self) -> Collection[str]:
+        return () if self._own else own_senders()
+
+    def _wait_until_visible(self, wait: float) -> None:
+        """Fail at open when no matching sender appears within ``wait`` s (no receiver yet:
+        that is made on the reading thread; the sender list needs no OpenGL)."""
+        deadline = time.monotonic() + wait
+        while True:
+            names, active = _sender_state(self._spout)
+            if pick_sender(names, active, self._target, self._skip()) is not None:
+                return
+            if time.monotonic() >= deadline:
+                ours = "" if self._target or self._own else " (our own outputs never count)"
+                raise SourceNotFoundError(
+                    f"no {self.describe} within {wait:g} s{ours}; "
+                    f"visible: {', '.join(names) or 'none'}"
+                )
+            time.sleep(0.05)
 
     def read(self, timeout: float) -> Frame | None:
         if self._closed.is_set():
-            raise ClosedError(f"{self.uri} is closed")
-        return poll_for_frame(
-            lambda _deadline: self._step(),
-            timeout=timeout,
-            lock=self._lock,
-            closed=self._closed,
-            pause=_POLL,
+            _ThreadGL.sweep_here()  # release what close() left for this thread, then say so
+        return super().read(timeout)
+
+    def _connect(self) -> bool:
+        gl = _ThreadGL.here(self._spout)
+        owned = self._receiver
+        if owned is None or owned.obj is None or not owned.gl.is_here():
+            if owned is not None:
+                owned.gl.give_up(owned)  # made by an earlier reading thread
+            owned = self._receiver = gl.make(self._spout.SpoutReceiver, "releaseReceiver")
+        receiver = owned.obj
+        names = [str(name) for name in receiver.getSenderList()]
+        active = receiver.getActiveSender()
+        chosen = pick_sender(
+            names, None if active is None else str(active), self._target, self._skip()
         )
+        if chosen is None:
+            return False
+        # Pinned by name: Spout's own "active sender" choice could be our output.
+        receiver.setReceiverName(chosen)
+        self._start(chosen)
+        log.info("Spout: receiving %r", chosen)
+        return True
 
-    def _allocate(self) -> None:
-        width = int(self._receiver.getSenderWidth())
-        height = int(self._receiver.getSenderHeight())
-        self._buffer = np.empty((height, width, 4), dtype=np.uint8) if width and height else None
-        self._fresh = True
+    def _start(self, name: str) -> None:
+        self._sender = name
+        self._buffer = None
+        self._discard = 0
 
-    def _step(self) -> Frame | None:
-        receiver = self._receiver
-        if self._buffer is None:
-            # A receive without a buffer is how Spout learns the sender and its size.
-            if receiver.receiveImage(None, self._format, self._invert, 0) and receiver.isUpdated():
-                self._allocate()
+    def _grab(self, deadline: float) -> Frame | None:
+        del deadline  # one receive: it never blocks
+        owned = self._receiver
+        if owned is None or owned.obj is None or not owned.gl.is_here():
+            raise SourceLost("reading moved to another thread; connecting again on this one")
+        receiver = owned.obj
+        buffer = self._buffer
+        if not receiver.receiveImage(buffer, self._format, self._flip, 0):
+            raise SourceLost(f"Spout sender {self._sender!r} closed")
+        if receiver.isUpdated() or buffer is None:
+            # A new sender or size: this receive read nothing (Spout.cpp ReceiveImage).
+            width, height = int(receiver.getSenderWidth()), int(receiver.getSenderHeight())
+            self._buffer = _fresh(height, width) if width > 0 and height > 0 else None
+            self._discard = 1
             return None
-        if not receiver.receiveImage(self._buffer, self._format, self._invert, 0):
-            return None  # no sender (yet, or any more): Spout reconnects by name itself
-        if receiver.isUpdated():
-            self._allocate()  # new sender or new size; this receive did not fill the buffer
-            return None
-        now = time.monotonic()
         if not receiver.isFrameNew():
+            return None  # nothing read (ReadGLDXpixels returns before reading)
+        now = time.monotonic()
+        if _untouched(buffer):
+            return None  # "new" but not written: an empty PBO, or a size change inside Spout
+        if self._discard > 0 or (
+            not receiver.isFrameCountEnabled() and now - self._last < self._period
+        ):
+            self._discard = max(0, self._discard - 1)
+            _arm(buffer)  # written, but not delivered: mark it unwritten again
             return None
-        if not receiver.isFrameCountEnabled() and now - self._last < self._period:
-            return None
-        pixels = self._buffer
-        if self._fresh:
-            self._fresh = False
-            if not pixels.any():
-                return None  # Spout's first receive after a (re)connect comes back empty
         self._last = now
-        self._buffer = np.empty_like(pixels)
-        return Frame(pixels, time.monotonic())
+        self._buffer = _fresh(*buffer.shape[:2])
+        return Frame(buffer, time.monotonic())
 
-    def close(self) -> None:
-        self._closed.set()
-        with self._lock:
-            receiver, self._receiver = self._receiver, None
-        if receiver is not None:
-            receiver.releaseReceiver()
+    def _disconnect(self) -> None:
+        self._sender = None
+        self._buffer = None
+        owned = self._receiver
+        if owned is not None and owned.obj is not None and owned.gl.is_here():
+            owned.obj.releaseReceiver()  # ready to connect again; keeps the context
+        # From another thread (close()): _shutdown hands the receiver to its own thread.
 
-
-def target_in(names: list[str], target: str) -> bool:
-    return bool(names) if not target else target in names
+    def _shutdown(self) -> None:
+        owned, self._receiver = self._receiver, None
+        if owned is not None:
+            owned.gl.give_up(owned)
 
 
 # -- sink ----------------------------------------------------------------------------------
@@ -183,51 +499,83 @@ def target_in(names: list[str], target: str) -> bool:
 
 def open_sink(uri: SourceURI) -> SpoutSink:
     options = Options(uri, role="sink")
-    invert = options.flag("invert", False)
+    flip = options.flag("flip", False)
+    invert = options.flag("invert", False)  # the earlier name of flip
     options.finish()
     _load()
-    return SpoutSink(str(uri), name=uri.target.strip() or DEFAULT_SENDER_NAME, invert=invert)
+    return SpoutSink(str(uri), name=uri.target.strip() or DEFAULT_SENDER_NAME, flip=flip or invert)
 
 
-class SpoutSink(FrameSink):
-    """A Spout sender called ``name``, created at the first frame.
+class SpoutSink(LiveSink):
+    """A Spout sender called ``name``, made on the publishing thread at the first frame.
 
     ``sendImage`` uploads synchronously, so the caller may reuse its buffer afterwards.
-    Row 0 is the top of the picture; ``invert`` flips it for hosts that disagree.
+    Row 0 is the top of the picture; ``flip`` turns it upside down for hosts that disagree.
+    Spout registers a name that is taken as ``name_1``, ``name_2``...: :attr:`sender_name`
+    says which it got. Every name is recorded so that ``spout://`` sources never read it.
     """
 
-    def __init__(self, uri: str, *, name: str, invert: bool = False) -> None:
-        self.uri = uri
+    def __init__(self, uri: str, *, name: str, flip: bool = False) -> None:
+        super().__init__(uri)
         self.name = name
-        self._invert = invert
-        self._lock = threading.Lock()
-        self._closed = False
-        self._spout: Any = None
-        self._sender: Any = None
+        self.sender_name: str | None = None
+        self._flip = flip
+        self._spout = _load()
+        self._format = int(self._spout.enums.GL_RGBA)
+        self._sender: _Owned | None = None
+        self._listed_before: set[str] | None = None
+        _remember_own(name)
 
     def publish(self, pixels: Pixels) -> None:
-        pixels = as_pixels(pixels)
-        height, width = pixels.shape[:2]
-        with self._lock:
-            if self._closed:
-                raise ClosedError(f"{self.uri} is closed")
-            if self._sender is None:
-                self._spout = _load()
-                sender = self._spout.SpoutSender()
-                sender.setSenderName(self.name)
-                self._sender = sender
-            # Width first, whatever the binding's parameter names say (see the module doc).
-            sent = self._sender.sendImage(
-                pixels, width, height, int(self._spout.enums.GL_RGBA), self._invert, 0
-            )
-            if not sent:
-                raise TransportError(
-                    f"Spout could not send a {width}x{height} frame as {self.name!r}"
-                )
+        if self.closed:
+            _ThreadGL.sweep_here()  # release what close() left for this thread, then say so
+        super().publish(pixels)
+
+    def _create(self, width: int, height: int) -> None:
+        gl = _ThreadGL.here(self._spout)
+        owned = self._sender
+        if owned is None or owned.obj is None or not owned.gl.is_here():
+            if owned is not None:
+                owned.gl.give_up(owned)  # made by an earlier publishing thread
+            owned = self._sender = gl.make(self._spout.SpoutSender, "releaseSender")
+        owned.obj.setSenderName(self.name)  # (again: Spout.cpp ReleaseSender clears it)
+        self._listed_before = set(_sender_state(self._spout)[0])
+
+    def _send(self, pixels: Pixels) -> None:
+        height, width = int(pixels.shape[0]), int(pixels.shape[1])
+        owned = self._sender
+        if owned is None or owned.obj is None or not owned.gl.is_here():
+            self._create(width, height)  # the publishing thread changed (or ended)
+            owned = self._sender
+            assert owned is not None
+        # Width first, whatever the binding's parameter names say (see the module doc).
+        if not owned.obj.sendImage(pixels, width, height, self._format, self._flip, 0):
+            raise TransportError(f"Spout could not send a {width}x{height} frame as {self.name!r}")
+        if self._listed_before is not None:
+            self._note_registered_name(self._listed_before)
+            self._listed_before = None
+
+    def _note_registered_name(self, before: set[str]) -> None:
+        """The name Spout registered: ours, or ours with ``_N`` when it was taken."""
+        pattern = re.compile(re.escape(self.name) + r"(_\d+)?")
+        names, _ = _sender_state(self._spout)
+        new = [name for name in names if name not in before and pattern.fullmatch(name)]
+        self.sender_name = new[0] if new else self.name
+        _remember_own(self.sender_name)
+        if self.sender_name != self.name:
+            log.warning("Spout: %r was taken; sending as %r", self.name, self.sender_name)
+
+    def _destroy(self) -> None:
+        # A new size (or close() on this thread): release the sender; keep the object and
+        # the context for the next size. close() gives the object up below.
+        owned = self._sender
+        if owned is not None and owned.obj is not None and owned.gl.is_here():
+            owned.obj.releaseSender()
+        self.sender_name = None
 
     def close(self) -> None:
+        super().close()
         with self._lock:
-            self._closed = True
-            sender, self._sender = self._sender, None
-        if sender is not None:
-            sender.releaseSender()
+            owned, self._sender = self._sender, None
+        if owned is not None:
+            owned.gl.give_up(owned)

@@ -298,7 +298,9 @@ def _round_trip(scheme: str, *, pump: bool) -> Outcome:
         sink.publish(sent)  # senders open at the first frame
         # NDI: straight to the sender's port, as discovery may answer for another process.
         target = sink.listen_address or name
-        with open_source(f"{scheme}://{target}") as source:
+        # A Syphon source never picks this process's own servers unless asked (own=1).
+        own = "?own=1" if scheme == "syphon" else ""
+        with open_source(f"{scheme}://{target}{own}") as source:
             frame = None
             while frame is None and time.monotonic() < started + ROUND_TRIP_TIMEOUT:
                 sink.publish(sent)
@@ -327,6 +329,98 @@ def _check_syphon_round_trip(context: Context) -> Outcome:
     if find_spec("syphon") is None:
         return "SKIP", f"syphon-python is not installed: {MAC_HINT}"
     return _round_trip("syphon", pump=True)
+
+
+SPOUT_HINT = 'pip install "livediffusion[windows]"'
+
+
+def _spout_unavailable() -> str | None:
+    """Why the Spout round trip cannot run here, or None."""
+    if sys.platform != "win32":
+        return "needs Windows"
+    if find_spec("SpoutGL") is None:
+        return f"SpoutGL is not installed: {SPOUT_HINT}"
+    return None
+
+
+def _check_spout_round_trip(context: Context) -> Outcome:
+    why = _spout_unavailable()
+    if why is not None:
+        return "SKIP", why
+    return _threaded_round_trip("spout")
+
+
+def _threaded_round_trip(scheme: str) -> Outcome:
+    """Like :func:`_round_trip`, but laid out as the engine is: source and sink built on this
+    thread, the sink publishing on a thread of its own and the source reading on another.
+
+    Spout needs an OpenGL context current on the thread that sends or receives, so a round
+    trip on one thread would hide exactly what breaks in ``serve``. A non-square picture
+    catches a width/height mix-up (SpoutGL's ``sendImage`` labels them the wrong way round).
+    """
+    import threading
+
+    from livediffusion_bridge import Frame, open_sink, open_source
+
+    sent = quadrant_picture(64, 96)
+    uri = f"{scheme}://livediffusion-doctor-{os.getpid()}"
+    done = threading.Event()
+    frames: list[Frame] = []
+    errors: list[BaseException] = []
+    started = time.monotonic()
+    sink = open_sink(uri)
+    try:
+        source = open_source(uri)
+    except BaseException:
+        sink.close()
+        raise
+
+    def publish() -> None:
+        try:
+            while not done.is_set():
+                sink.publish(sent)
+                done.wait(1 / 60)
+        except Exception as exc:
+            errors.append(exc)
+            done.set()
+
+    def capture() -> None:
+        try:
+            while not done.is_set() and time.monotonic() < started + ROUND_TRIP_TIMEOUT:
+                frame = source.read(0.05)
+                if frame is not None:
+                    frames.append(frame)
+                    break
+        except Exception as exc:
+            errors.append(exc)
+        finally:
+            done.set()
+
+    threads = [
+        threading.Thread(target=publish, name="doctor publish", daemon=True),
+        threading.Thread(target=capture, name="doctor capture", daemon=True),
+    ]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(ROUND_TRIP_TIMEOUT + 5.0)
+    finally:
+        done.set()
+        source.close()  # here, after the threads ended: as the engine's owner does
+        sink.close()
+    if errors:
+        return "FAIL", f"{uri}: {_one_line(errors[0])}"
+    if not frames:
+        return "FAIL", f"nothing came back from {uri} within {ROUND_TRIP_TIMEOUT:g} s"
+    problem = compare_pictures(sent, frames[0].pixels)
+    if problem is not None:
+        return "FAIL", f"{uri}: {problem}"
+    seconds = frames[0].timestamp - started
+    return "PASS", (
+        f"96x64 via {uri} in {seconds:.2f} s, publishing and reading on their own threads: "
+        "size, orientation and colours kept"
+    )
 
 
 # -- 6, 7. One frame through the model -------------------------------------------------------
@@ -413,6 +507,7 @@ CHECKS: tuple[tuple[str, Check], ...] = (
     ("midi", _check_midi),
     ("ndi round trip", _check_ndi_round_trip),
     ("syphon round trip", _check_syphon_round_trip),
+    ("spout round trip", _check_spout_round_trip),
     ("torch one frame", _check_torch_frame),
     ("coreml vs torch", _check_coreml_vs_torch),
 )

@@ -199,3 +199,26 @@ def test_importing_doctor_loads_no_runtime() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+# -- the Spout round trip (publish and capture on their own threads) --------------------------
+
+
+@linux_only
+def test_spout_round_trip_skips_here_with_its_reason() -> None:
+    _, rows, _ = report(ServeConfig())
+    assert row(rows, "spout round trip") == ("SKIP", "needs Windows")
+
+
+def test_spout_round_trip_passes_on_the_spoutgl_fake(monkeypatch: pytest.MonkeyPatch) -> None:
+    import spoutgl_fake
+
+    fake = spoutgl_fake.install(monkeypatch)
+    monkeypatch.setattr(doctor, "_spout_unavailable", lambda: None)
+    status, detail = doctor._check_spout_round_trip(Context(ServeConfig()))
+    assert status == "PASS", detail
+    assert "96x64" in detail and "own threads" in detail
+    world = fake.world
+    assert world.problems() == []  # every call had its thread's context; all were closed
+    assert world.threads_of("receiveImage", "releaseReceiver") == {"doctor capture"}
+    assert world.threads_of("sendImage", "releaseSender") == {"doctor publish"}
