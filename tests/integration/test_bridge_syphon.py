@@ -1,7 +1,12 @@
-"""Syphon round trip in one process (macOS only; never run on the project's Linux machines).
+"""Syphon through the engine's threads on a real Mac (never run on the project's Linux machines).
 
-The test runs on the main thread, which is where a UI-less process must pump the Cocoa run
-loop for Syphon discovery; the sink and the source both pump while they work here.
+A plain syphon-python server stands in for the input app (it is not one of our sinks, so the
+source may read it); the engine reads it on its capture thread, passes it through (bypass, a
+tiny CPU model) and publishes on its publish thread; a plain syphon-python client stands in
+for the host reading our output. The test's main thread does what ``livediffusion serve``
+does: it pumps the run loop, through which Syphon delivers announcements, surface changes and
+retirements. The same scenarios run on Linux against the contract fake in
+tests/integration/test_syphon_engine.py.
 """
 
 from __future__ import annotations
@@ -9,42 +14,96 @@ from __future__ import annotations
 import sys
 import time
 import uuid
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import pytest
 
+from livediffusion.controls import Controls, ControlStore
+from livediffusion.engine import Engine
 from livediffusion_bridge import list_sources, open_sink, open_source, pump_events
-from pictures import oriented_picture
 
 pytestmark = [
     pytest.mark.macos,
     pytest.mark.integration,
-    pytest.mark.timeout(60),
+    pytest.mark.timeout(120),
     pytest.mark.skipif(sys.platform != "darwin", reason="Syphon needs macOS"),
 ]
 
+_BYPASS = Controls(bypass=True, smoothing=0.0, feedback=0.0, prompt_glide=0.0, seed_glide=0.0)
 
-def test_round_trip_keeps_colours_and_orientation() -> None:
-    pytest.importorskip("syphon")
-    name = f"ld-test-{uuid.uuid4().hex[:8]}"
-    sent = oriented_picture(1)
-    with open_sink(f"syphon://{name}") as sink:
-        sink.publish(sent)
-        deadline = time.monotonic() + 10.0
-        listing = list_sources(timeout=1.0)
-        while not any(name in s.name for s in listing.of_kind("syphon")):
-            assert time.monotonic() < deadline, listing
-            sink.publish(sent)
-            pump_events(0.05)
-            listing = list_sources(timeout=0.5)
-        uri = next(s.uri for s in listing.of_kind("syphon") if name in s.name)
-        with open_source(uri) as source:
-            frame = None
-            while frame is None and time.monotonic() < deadline:
-                sink.publish(sent)
-                pump_events(0.01)
-                frame = source.read(0.1)
-    assert frame is not None
-    assert frame.pixels.shape == sent.shape
-    # Syphon is lossless: exact colours, and the white block must still be top-left.
-    assert np.array_equal(frame.pixels[..., :3], sent[..., :3])
+
+def quadrants(size: int = 64) -> np.ndarray:
+    """Red, green / blue, white: a flip, a mirror or a red/blue swap all show."""
+    pixels = np.zeros((size, size, 4), np.uint8)
+    half = size // 2
+    pixels[:half, :half, :3] = (255, 0, 0)
+    pixels[:half, half:, :3] = (0, 255, 0)
+    pixels[half:, :half, :3] = (0, 0, 255)
+    pixels[half:, half:, :3] = (255, 255, 255)
+    pixels[..., 3] = 255
+    return pixels
+
+
+def test_engine_round_trip_keeps_colours_and_orientation(
+    make_tiny_backend: Callable[..., Any],
+) -> None:
+    syphon = pytest.importorskip("syphon")
+    import Metal
+    import objc
+    from syphon.utils.numpy import copy_image_to_mtl_texture, copy_mtl_texture_to_image
+    from syphon.utils.raw import create_mtl_texture
+
+    tag = uuid.uuid4().hex[:8]
+    input_name, output_name = f"ld-test-in-{tag}", f"ld-test-out-{tag}"
+    sent = quadrants()  # the tiny model's size: the bypass copies it unchanged
+
+    with objc.autorelease_pool():
+        camera = syphon.SyphonMetalServer(input_name)
+        texture = create_mtl_texture(camera.device, 64, 64, Metal.MTLPixelFormatBGRA8Unorm)
+        copy_image_to_mtl_texture(np.ascontiguousarray(sent[..., (2, 1, 0, 3)]), texture)
+    engine = Engine(
+        source=open_source(f"syphon://{input_name}"),
+        sink=open_sink(f"syphon://{output_name}"),
+        backend=make_tiny_backend(),
+        controls=ControlStore(_BYPASS),
+    )
+    directory = syphon.SyphonServerDirectory()
+    directory.run_loop_interval = 0.0
+    client: Any = None
+    received = None
+    try:
+        engine.start()
+        deadline = time.monotonic() + 60.0
+        while received is None:
+            assert time.monotonic() < deadline, "no frame came back through the engine"
+            assert engine.errors == [], engine.errors
+            with objc.autorelease_pool():
+                camera.publish_frame_texture(texture)
+                if client is None:
+                    outputs = [s for s in directory.servers if s.name == output_name]
+                    if outputs:
+                        client = syphon.SyphonMetalClient(outputs[0])
+                elif client.has_new_frame:
+                    image = client.new_frame_image
+                    if image is not None:
+                        received = copy_mtl_texture_to_image(image)[..., (2, 1, 0, 3)]
+            pump_events(0.01)
+        # Our output is listed for other apps but never offered as an input here.
+        listed = list_sources(timeout=1.0).of_kind("syphon")
+        assert any(input_name in s.name for s in listed)
+        assert not any(output_name in s.name for s in listed)
+    finally:
+        engine.stop()
+        engine.source.close()
+        engine.sink.close()
+        with objc.autorelease_pool():
+            if client is not None:
+                client.stop()
+            camera.stop()
+    assert engine.errors == []
+    assert received.shape == sent.shape
+    # Syphon is lossless and the bypass copies at the model's size: colours and the
+    # quadrants' places must survive (a flip or a BGRA/RGBA mix-up would move them).
+    assert np.abs(received.astype(int) - sent.astype(int)).max() <= 1
