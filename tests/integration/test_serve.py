@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections import deque
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -24,9 +25,22 @@ from livediffusion.controls import Controls
 from livediffusion.server import run_server
 from livediffusion_bridge import FrameSink, FrameSource, open_sink, open_source
 from loopback import free_udp_port
+from ndi_foreign import ForeignNdi, foreign_ndi_program
 
 pytestmark = pytest.mark.integration
 pytest.importorskip("NDIlib", reason="ndi-python (the NDI runtime) is not installed")
+
+
+@pytest.fixture(scope="module")
+def foreign() -> Iterator[ForeignNdi]:
+    """Another NDI program on the machine, as on a VJ's laptop: names must still resolve."""
+    with foreign_ndi_program() as running:
+        yield running
+
+
+def _tag() -> str:
+    """Unique per test: NDI names are machine-wide, and other test runs may be alive."""
+    return f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
 
 
 def _distance(a: np.ndarray, b: np.ndarray) -> float:
@@ -75,7 +89,7 @@ def _receive(source: FrameSource, count: int, timeout: float = 30.0) -> list[np.
 
 @pytest.fixture
 def server(make_tiny_backend: Callable[..., Any]) -> Iterator[tuple[str, int, threading.Event]]:
-    tag = f"{os.getpid()}-{time.monotonic_ns() % 100000}"
+    tag = _tag()
     port = free_udp_port()
     config = ServeConfig(
         source=f"ndi://ld-in-{tag}",
@@ -102,6 +116,7 @@ def server(make_tiny_backend: Callable[..., Any]) -> Iterator[tuple[str, int, th
     assert codes == [0]
 
 
+@pytest.mark.usefixtures("foreign")
 def test_ndi_in_processed_ndi_out_and_osc_changes_it(
     server: tuple[str, int, threading.Event],
 ) -> None:
@@ -146,8 +161,9 @@ def test_ndi_in_processed_ndi_out_and_osc_changes_it(
         assert _distance(after_strength, after_prompt) > noise + 0.5
 
 
+@pytest.mark.usefixtures("foreign")
 def test_cli_serves_over_ndi_and_stops_on_sigterm(tiny_folder: Path) -> None:
-    tag = f"{os.getpid()}-sub"
+    tag = _tag()
     command = [
         sys.executable, "-m", "livediffusion", "serve",
         "--source", "test://pattern?size=128x96&fps=30",
