@@ -4,71 +4,23 @@ failing is bypassed (and retried), a stalled frame is noticed, a lost source get
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
 import pytest
 import torch
 
+from faulty import Faulty
 from livediffusion.controls import Controls, ControlStore
 from livediffusion.engine import Engine, EngineOptions
 from livediffusion_bridge import FrameSink, TransportError, memory, open_sink, open_source
-from livediffusion_models.backends import Backend, FrameParams
+from livediffusion_models.backends import FrameParams
 from livediffusion_models.errors import NonFiniteFrameError
 
 pytestmark = pytest.mark.integration
 
 _STILL = Controls(smoothing=0.0, feedback=0.0, prompt_glide=0.0, seed_glide=0.0)
-
-
-class Faulty(Backend):
-    """The real tiny backend, with faults injected into ``step`` on request."""
-
-    def __init__(self, inner: Any) -> None:
-        self.inner = inner
-        self.name = inner.name
-        self.fail = 0  # fail this many steps
-        self.sleep = 0.0  # take this long per step
-        self.steps = 0
-
-    @property
-    def model_size(self) -> tuple[int, int]:
-        size: tuple[int, int] = self.inner.model_size
-        return size
-
-    def encode_prompt(self, text: str) -> Any:
-        return self.inner.encode_prompt(text)
-
-    def set_prompt(self, embedding: Any, *, from_mix: float = 1.0, slot: Any = "a") -> None:
-        self.inner.set_prompt(embedding, from_mix=from_mix, slot=slot)
-
-    def set_seed(self, seed: int, *, from_mix: float = 1.0) -> None:
-        self.inner.set_seed(seed, from_mix=from_mix)
-
-    def reset(self) -> None:
-        self.inner.reset()
-
-    def step(self, pixels: Any, params: FrameParams, *, out: Any) -> None:
-        self.steps += 1
-        if self.sleep:
-            time.sleep(self.sleep)
-        if self.fail > 0:
-            self.fail -= 1
-            raise torch.OutOfMemoryError("CUDA out of memory (injected)")
-        self.inner.step(pixels, params, out=out)
-
-    def passthrough(self, pixels: Any, *, out: Any) -> None:
-        self.inner.passthrough(pixels, out=out)
-
-    def stage_timers(self) -> Mapping[str, Callable[[], None]]:
-        return {}
-
-    def warmup(self, *, frames: int = 2) -> float:
-        return float(self.inner.warmup(frames=frames))
-
-    def close(self) -> None:
-        self.inner.close()
 
 
 def _picture(seed: int) -> np.ndarray:

@@ -1,0 +1,61 @@
+"""A backend that wraps a real one and fails, or dawdles, on request: fault injection for
+the engine's fault handling (the model itself is real)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+
+from livediffusion_models.backends import Backend, FrameParams
+
+
+class Faulty(Backend):
+    """The real tiny backend, with faults injected into ``step`` on request."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.fail = 0  # fail this many steps
+        self.sleep = 0.0  # take this long per step
+        self.steps = 0
+
+    @property
+    def model_size(self) -> tuple[int, int]:
+        size: tuple[int, int] = self.inner.model_size
+        return size
+
+    def encode_prompt(self, text: str) -> Any:
+        return self.inner.encode_prompt(text)
+
+    def set_prompt(self, embedding: Any, *, from_mix: float = 1.0, slot: Any = "a") -> None:
+        self.inner.set_prompt(embedding, from_mix=from_mix, slot=slot)
+
+    def set_seed(self, seed: int, *, from_mix: float = 1.0) -> None:
+        self.inner.set_seed(seed, from_mix=from_mix)
+
+    def reset(self) -> None:
+        self.inner.reset()
+
+    def step(self, pixels: Any, params: FrameParams, *, out: Any) -> None:
+        self.steps += 1
+        if self.sleep:
+            time.sleep(self.sleep)
+        if self.fail > 0:
+            self.fail -= 1
+            raise torch.OutOfMemoryError("CUDA out of memory (injected)")
+        self.inner.step(pixels, params, out=out)
+
+    def passthrough(self, pixels: Any, *, out: Any) -> None:
+        self.inner.passthrough(pixels, out=out)
+
+    def stage_timers(self) -> Mapping[str, Callable[[], None]]:
+        return {}
+
+    def warmup(self, *, frames: int = 2) -> float:
+        return float(self.inner.warmup(frames=frames))
+
+    def close(self) -> None:
+        self.inner.close()
