@@ -264,9 +264,7 @@ def _run(
                 if not announced and sink.listen_address:
                     log.info("output listening on %s", sink.listen_address)
                     announced = True
-                line.show(
-                    format_status(engine.stats.snapshot()) + notes(engine) + _osc_note(osc)
-                )
+                line.show(format_status(engine.stats.snapshot()) + notes(engine) + _osc_note(osc))
                 next_line = now + config.status_interval
             if deadline is not None and now >= deadline:
                 break
