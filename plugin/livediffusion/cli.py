@@ -1,5 +1,5 @@
 """The ``livediffusion`` command: serve, config, sources, download, convert, bench, doctor,
-models, osc, midi."""
+soak, models, osc, midi."""
 
 from __future__ import annotations
 
@@ -157,6 +157,44 @@ def build_parser() -> argparse.ArgumentParser:
     doctor.add_argument(
         "--quick", action="store_true", help="only imports and transports, no model"
     )
+
+    soak = commands.add_parser(
+        "soak",
+        help="run the whole pipeline over NDI loopback with tiny weights and report frames, "
+        "errors, reconnects and memory growth",
+        description="Feed the test pattern into NDI, serve it with --weights tiny on the CPU, "
+        "receive the output and report frames, errors, reconnects and memory growth "
+        "(docs/soak.md). Exit status 0 when it passed, 1 when it failed.",
+    )
+    soak.add_argument("--frames", type=int, metavar="N", help="stop after N frames came back")
+    soak.add_argument(
+        "--minutes",
+        type=float,
+        metavar="M",
+        help="stop after M minutes (with --frames: whichever comes first; neither: until Ctrl-C)",
+    )
+    soak.add_argument(
+        "--size",
+        type=int,
+        default=64,
+        metavar="PX",
+        help="pattern and model size in pixels, a multiple of 64 (default: 64)",
+    )
+    soak.add_argument("--fps", type=float, default=60.0, help="test pattern frame rate (60)")
+    soak.add_argument(
+        "--restart-every",
+        type=float,
+        metavar="SECONDS",
+        help="close the feeder's NDI sender and open it again this often (more than 1 s)",
+    )
+    soak.add_argument(
+        "--max-growth-mb",
+        type=float,
+        default=50.0,
+        metavar="MB",
+        help="memory growth after warm-up that still passes (default: 50)",
+    )
+    soak.add_argument("--json", metavar="FILE", help="also write the report to FILE as JSON")
 
     commands.add_parser("models", help="list the models livediffusion knows")
     osc = commands.add_parser("osc", help="list the OSC addresses the server accepts")
@@ -383,6 +421,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _config(args)
         if args.command == "midi":
             return _midi(args)
+        if args.command == "soak":
+            from livediffusion.soak import soak_command
+
+            return soak_command(args)
         return _osc(args)
     except (BridgeError, ModelError, ValueError, RuntimeError) as exc:
         # Start-up problems a user can fix: say what and how, without a traceback.

@@ -380,7 +380,8 @@ def _build_options() -> tuple[Option, ...]:
         _serve(
             "weights",
             "model",
-            "hub id, a local diffusers folder, or random",
+            "hub id, a local diffusers folder, random (the real architecture, random weights) "
+            "or tiny (the same classes scaled down: demos, soak, CI)",
             _optional_text,
             metavar="HUB_ID|PATH|random",
             default_text="the model's hub id",

@@ -12,7 +12,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from typing import Any, TextIO
 
@@ -161,12 +161,14 @@ def run_server(
     backend: Backend | None = None,
     stop: threading.Event | None = None,
     status_stream: TextIO = sys.stderr,
+    on_engine: Callable[[Engine], None] | None = None,
 ) -> int:
-    """Run until stopped. Returns the process exit code (0 clean, 1 a thread failed)."""
+    """Run until stopped. ``on_engine`` is told the engine once it exists (the soak reads
+    its counters). Returns the process exit code (0 clean, 1 a thread failed)."""
     stop = stop or threading.Event()
     running = threading.Event()
     try:
-        return _run(config, backend, stop, running, status_stream)
+        return _run(config, backend, stop, running, status_stream, on_engine)
     except _StopDuringStartup:
         log.info("stopped during start-up")
         return 0
@@ -178,6 +180,7 @@ def _run(
     stop: threading.Event,
     running: threading.Event,
     status_stream: TextIO,
+    on_engine: Callable[[Engine], None] | None = None,
 ) -> int:
     with ExitStack() as stack:
         stack.enter_context(_stop_on_signals(stop, running))
@@ -247,6 +250,8 @@ def _run(
         stack.callback(engine.stop)
         engines.append(engine)
         stats.append(engine.stats)
+        if on_engine is not None:
+            on_engine(engine)
         engine.start()
         running.set()
         log.info("running: %s -> %s", source.uri, sink.uri)

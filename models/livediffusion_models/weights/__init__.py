@@ -4,6 +4,9 @@
 
 * ``"random"``: the exact architecture from the shipped configs, seeded; no files, no network.
   For tests, benchmarks and trying the pipeline before a 1 GB download.
+* ``"tiny"``: the same architecture scaled down to a few million parameters (see
+  ``weights.tiny``), seeded; tens of milliseconds per 64x64 frame on a CPU, so soak runs, CI
+  and demos exercise the whole pipeline fast. It paints nonsense.
 * a local diffusers folder (``unet/``, ``vae/``, ``text_encoder/``, ``tokenizer/``,
   ``scheduler/``): its own config.json files win over the shipped ones.
 * a hub id (``owner/name``): looked up in the livediffusion cache (and the default
@@ -37,15 +40,29 @@ from livediffusion_models.weights.build import (
     _load_tokenizer,
 )
 from livediffusion_models.weights.files import _read_json
-from livediffusion_models.weights.fingerprint import plan_fingerprint, random_fingerprint
+from livediffusion_models.weights.fingerprint import (
+    plan_fingerprint,
+    random_fingerprint,
+    tiny_fingerprint,
+)
 from livediffusion_models.weights.hub import _progress_bars, _select_hub_files
-from livediffusion_models.weights.plan import RANDOM, _context, _describe, _plan, download_command
+from livediffusion_models.weights.plan import (
+    _BUILT,
+    RANDOM,
+    TINY,
+    _context,
+    _describe,
+    _plan,
+    download_command,
+)
+from livediffusion_models.weights.tiny import _build_tiny
 
 if TYPE_CHECKING:
     import torch
 
 __all__ = [
     "RANDOM",
+    "TINY",
     "LoadedModel",
     "_build_text_encoder",
     "_select_hub_files",
@@ -87,12 +104,12 @@ def load_model(
     seed: int = 0,
     allow_download: bool = True,
 ) -> LoadedModel:
-    """Load ``spec``'s modules from ``weights`` ("random", a folder or a hub id).
+    """Load ``spec``'s modules from ``weights`` ("random", "tiny", a folder or a hub id).
 
     ``weights=None`` means the spec's own hub repo. Modules come back on the CPU in
     ``torch_dtype`` (float32 by default: fp16 files are upcast so CPU runs work), in eval mode
-    with gradients off. ``seed`` only matters for "random". ``allow_download=False`` never
-    touches the network (a cache miss raises WeightsNotFoundError at once).
+    with gradients off. ``seed`` only matters for "random" and "tiny". ``allow_download=False``
+    never touches the network (a cache miss raises WeightsNotFoundError at once).
     """
     import torch
 
@@ -100,10 +117,20 @@ def load_model(
     weights = spec.hub_id if weights is None else weights
     ctx = _context(spec, weights, cache_dir, allow_download)
 
-    if weights == RANDOM:
+    if weights in _BUILT:
         from livediffusion_models.tokenizer import build_offline_tokenizer
 
-        unet, vae, text_encoder = _build_random(spec, seed=seed)
+        if weights == TINY:
+            unet, vae, text_encoder = _build_tiny(spec, seed=seed)
+            source = (
+                f"tiny random weights (seed {seed}): the {spec.name} architecture scaled down, "
+                "for soak runs, CI and demos (it paints nonsense)"
+            )
+            fingerprint = tiny_fingerprint(spec, seed=seed)
+        else:
+            unet, vae, text_encoder = _build_random(spec, seed=seed)
+            source = f"random weights (seed {seed}) with the shipped {spec.name} configs"
+            fingerprint = random_fingerprint(spec, seed=seed)
         return LoadedModel(
             spec=spec,
             unet=_finish(unet, dtype),
@@ -111,8 +138,8 @@ def load_model(
             text_encoder=_finish(text_encoder, dtype),
             tokenizer=build_offline_tokenizer(pad_token=spec.pad_token),
             scheduler_config=spec.read_config("scheduler"),
-            source=f"random weights (seed {seed}) with the shipped {spec.name} configs",
-            fingerprint=random_fingerprint(spec, seed=seed),
+            source=source,
+            fingerprint=fingerprint,
         )
 
     with _progress_bars(progress):
@@ -161,8 +188,8 @@ def download(
     (e.g. TAESD for a folder with a full AutoencoderKL). Nothing is loaded into memory.
     """
     weights = spec.hub_id if weights is None else weights
-    if weights == RANDOM:
-        raise ModelError("--weights random needs no download")
+    if weights in _BUILT:
+        raise ModelError(f"--weights {weights} needs no download")
     ctx = _context(spec, weights, cache_dir, allow_download=True)
     with _progress_bars(progress):
         return _plan(ctx).main

@@ -25,6 +25,7 @@ milliseconds even for gigabytes of weights. It is 16 hex digits of a SHA-256 ove
 
 ``"random"`` weights have no files: seed, shipped configs and the torch, diffusers and
 transformers versions (their initialisers decide the values a seed gives) stand in for them.
+``"tiny"`` weights the same, with the scaled-down configs they are built from added.
 
 Not in it: dtype, device and size, which callers key on themselves.
 """
@@ -83,6 +84,17 @@ def random_fingerprint(spec: ModelSpec, *, seed: int) -> str:
     for component in _SHIPPED_COMPONENTS:
         _add_shipped_config(digest, spec, component)
     _add_offline_tokenizer(digest, spec)
+    return digest.hexdigest()
+
+
+def tiny_fingerprint(spec: ModelSpec, *, seed: int) -> str:
+    """The fingerprint of ``load_model(spec, "tiny", seed=seed)``."""
+    from livediffusion_models.weights.tiny import tiny_configs
+
+    digest = _Digest()
+    digest.add("tiny", random_fingerprint(spec, seed=seed))
+    for component, config in sorted(tiny_configs(spec).items()):
+        digest.add("tiny config", component, json.dumps(config, sort_keys=True))
     return digest.hexdigest()
 
 

@@ -28,6 +28,10 @@ from livediffusion_models.weights.files import (
 from livediffusion_models.weights.hub import _cache_roots, _hub_snapshot
 
 RANDOM = "random"
+TINY = "tiny"
+"""The model's architecture scaled down, random (see ``weights.tiny``): soak, CI, demos."""
+_BUILT = (RANDOM, TINY)
+"""``--weights`` values that are built, not loaded: no files, nothing to download."""
 
 _HUB_SUBFOLDERS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 
@@ -44,7 +48,7 @@ def download_command(
 ) -> str:
     """The CLI command that fetches what ``load_model(spec, weights)`` needs."""
     command = f"livediffusion download --model {shlex.quote(spec.name)}"
-    if weights is not None and weights not in (spec.hub_id, RANDOM):
+    if weights is not None and weights not in (spec.hub_id, *_BUILT):
         command += f" --weights {shlex.quote(weights)}"
     if cache_dir is not None:
         command += f" --cache-dir {shlex.quote(str(cache_dir))}"
@@ -69,7 +73,7 @@ class _Context:
         weights = self.weights
         if repo_id is not None and repo_id not in self.own_repos:
             weights = repo_id
-        elif weights != RANDOM and not _is_hub_id(weights):
+        elif weights not in _BUILT and not _is_hub_id(weights):
             weights = str(Path(weights).expanduser().absolute())
         return download_command(self.spec, weights=weights, cache_dir=self.cache_dir)
 
