@@ -543,10 +543,12 @@ def test_midi_input_keeps_going_when_submit_rejects(caplog: pytest.LogCaptureFix
         callback(_cc(1, 127))
     assert got == [("/strength", (1.0,))]
     assert midi.rejected == 250 and midi.failed == 0
-    # the first 10, then every 100th
-    assert len(caplog.records) == 12
-    assert "/strength does not like 0" in caplog.records[0].getMessage()
-    assert "(200 so far)" in caplog.records[-1].getMessage()
+    # the first 10, then every 100th (the INFO line of the open is not one of them; whether
+    # it is captured depends on what earlier tests did to the root logger's level)
+    warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 12
+    assert "/strength does not like 0" in warnings[0].getMessage()
+    assert "(200 so far)" in warnings[-1].getMessage()
     midi.close()
 
 
