@@ -90,6 +90,8 @@ class ControlSurface:
             raise ControlError(f"unknown address {address[:80]!r}{under}; see `livediffusion osc`")
         command = parse_message(canonical, args)
         if self.store.apply(command):
+            if command.spec.kind == "text":  # encoding takes a while: say it arrived now
+                log.info("%s received: %s", canonical, str(command.value)[:120])
             return
         self._act(canonical, command.value, sender)
 
