@@ -54,6 +54,8 @@ class ServeConfig:
     backend: str = "auto"  # a name in livediffusion.backends.BACKENDS, or auto
     device: str = "auto"
     dtype: str = "auto"
+    compile: str = "default"  # off | default | max: torch.compile + one CUDA graph (CUDA only)
+    skip_similar: float = 0.0  # republish instead of running the model below this input change
     size: tuple[int, int] | None = None  # (height, width); None: the model's own
     fit: FitMode = "crop"
     output_size: tuple[int, int] | None = None

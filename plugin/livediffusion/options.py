@@ -176,6 +176,14 @@ def _positive(kind: str) -> Parser:
     return parse
 
 
+def _fraction(value: object) -> float:
+    kind = "a number from 0 to 1"
+    number = _number(value, kind)
+    if not 0.0 <= number <= 1.0:
+        raise ValueError(f"must be {kind}, got {_show(value)}")
+    return number
+
+
 def _size(*, multiple_of: int) -> Parser:
     def parse(value: object) -> tuple[int, int] | None:
         if value in ("", None):
@@ -406,6 +414,25 @@ def _build_options() -> tuple[Option, ...]:
             "torch backend: auto = float16 on GPUs, float32 on the CPU",
             _choice(("auto", "float16", "bfloat16", "float32")),
             choices=("auto", "float16", "bfloat16", "float32"),
+        ),
+        _serve(
+            "compile",
+            "model",
+            "torch on CUDA: default = torch.compile and the whole frame in one CUDA graph "
+            "(first start compiles for about a minute, cached afterwards); max also autotunes "
+            "every kernel (many minutes once); off = eager, for a driver or card that "
+            "misbehaves. Eager is also the automatic fallback when compiling fails",
+            _choice(("off", "default", "max")),
+            choices=("off", "default", "max"),
+        ),
+        _serve(
+            "skip_similar",
+            "model",
+            "skip the model and republish the last output while the input changes less than "
+            "this (mean absolute difference, 0..1; 0.01 is about 2.5 levels of 255) and no "
+            "control moves; 0 = off",
+            _fraction,
+            metavar="THRESHOLD",
         ),
         _serve(
             "cache_dir",
