@@ -22,6 +22,7 @@ from livediffusion_models.backends import Backend
 if TYPE_CHECKING:
     import torch
 
+    from livediffusion_models.backends.cuda_graph import CompileMode
     from livediffusion_models.weights import LoadedModel
 
 __all__ = ["BACKENDS", "BackendChoice", "build_backend", "choose_backend"]
@@ -57,12 +58,22 @@ def _torch_dtype(config: ServeConfig) -> torch.dtype:
     return resolve_dtype(config.dtype, resolve_device(config.device))
 
 
+def _compile_mode(name: str) -> CompileMode:
+    from livediffusion_models.backends.cuda_graph import COMPILE_MODES
+
+    for mode in COMPILE_MODES:
+        if mode == name:
+            return mode
+    raise ValueError(f"compile must be one of {', '.join(COMPILE_MODES)}, got {name!r}")
+
+
 def _torch_build(config: ServeConfig, model: LoadedModel) -> Backend:
     from livediffusion_models.backends.torch_backend import (
         TorchBackend,
         TorchOptions,
         resolve_device,
     )
+    from livediffusion_models.cache import cache_dir
 
     device = resolve_device(config.device)
     options = TorchOptions(
@@ -71,6 +82,8 @@ def _torch_build(config: ServeConfig, model: LoadedModel) -> Backend:
         seed=config.controls.seed,
         device=device,
         dtype=_torch_dtype(config),
+        compile=_compile_mode(config.compile),
+        compile_cache=cache_dir(config.cache_dir) / "torch-compile",
     )
     return TorchBackend.from_components(model, options)
 

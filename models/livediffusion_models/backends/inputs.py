@@ -57,6 +57,7 @@ class StepInputs:
         self.previous_output = zeros(image_shape)
         pin = device.type == "cuda"
         self._controls_host = torch.zeros(NUM_CONTROLS, dtype=torch.float32, pin_memory=pin)
+        self._controls_np = self._controls_host.numpy()  # writes without torch's dispatch
         # float32 always: the timestep (up to 999) and sqrt(a_t) lose too much in half precision
         self.controls = (
             self._controls_host
@@ -141,7 +142,7 @@ class StepInputs:
                 self._mix_into(self.embeds_to)
         level = self.schedule.at_strength(params.strength)
         cos, sin = seed_weights(params.seed_mix)
-        host = self._controls_host
+        host = self._controls_np
         host[Control.TIMESTEP] = level.timestep
         host[Control.SQRT_ALPHA] = level.sqrt_alpha
         host[Control.SQRT_ONE_MINUS_ALPHA] = level.sqrt_one_minus_alpha
@@ -151,8 +152,8 @@ class StepInputs:
         host[Control.PROMPT_MIX] = clamp01(params.prompt_mix)
         host[Control.NOISE_FROM] = cos
         host[Control.NOISE_TO] = sin
-        if self.controls is not host:
-            self.controls.copy_(host, non_blocking=True)
+        if self.controls is not self._controls_host:
+            self.controls.copy_(self._controls_host, non_blocking=True)
         self.fresh = False
         return self.controls
 

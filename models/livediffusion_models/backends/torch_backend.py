@@ -1,16 +1,24 @@
-"""The PyTorch backend: :class:`FrameStep` on cpu, cuda or mps.
+"""The PyTorch backend: :class:`FrameStep` on cpu, cuda or mps, eager or as one CUDA graph.
 
 All per-frame buffers (upload, model image, temporal state, prompt and noise glides, the
 control vector) are allocated once per input shape and then updated in place, so the hot path
 allocates only what eager PyTorch allocates internally. That is also the shape the CUDA-graph
-path needs: same buffers, captured once.
+path needs: on CUDA with ``compile`` on, the same buffers and the whole frame around them are
+captured once per picture size and replayed (:mod:`livediffusion_models.backends.cuda_graph`).
+
+Three modes, which ``livediffusion bench`` times side by side: ``eager``; ``compiled``
+(torch.compile, Python still launches each compiled kernel group); ``graph`` (compiled and
+captured: one launch per frame). Compiling or capturing that fails falls back a mode, with a
+warning, rather than stopping the show.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, Literal, TypeAlias
 
 import numpy as np
 import torch
@@ -23,13 +31,25 @@ from livediffusion_models.backends.base import (
     Pixels,
     StageTimer,
 )
+from livediffusion_models.backends.cuda_graph import (
+    CompileMode,
+    FrameGraph,
+    compile_frame_step,
+    prepare_modules,
+    progress,
+    use_compile_cache,
+)
 from livediffusion_models.backends.inputs import StepInputs, StepInputsBackend, TextEncoder
 from livediffusion_models.errors import NonFiniteFrameError
 from livediffusion_models.imaging import Geometry, plan_geometry, to_model, to_pixels
 from livediffusion_models.schedule import NoiseSchedule
 from livediffusion_models.step import FrameStep
 
-__all__ = ["TorchBackend", "TorchOptions", "resolve_device", "resolve_dtype"]
+__all__ = ["RunMode", "TorchBackend", "TorchOptions", "resolve_device", "resolve_dtype"]
+
+log = logging.getLogger(__name__)
+
+RunMode: TypeAlias = Literal["eager", "compiled", "graph"]
 
 _DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 
@@ -73,6 +93,12 @@ def synchronize(device: torch.device) -> None:
 class TorchOptions(BackendOptions):
     device: torch.device | str = "cpu"
     dtype: torch.dtype = torch.float32
+    compile: CompileMode = "off"
+    """CUDA only: torch.compile the step (``max``: also autotune every kernel)."""
+    graph: bool = True
+    """With ``compile`` on CUDA: capture the whole frame in one CUDA graph."""
+    compile_cache: Path | None = None
+    """Where torch.compile keeps its artifacts between runs (None: torch's own choice)."""
 
 
 @dataclass
@@ -83,7 +109,9 @@ class _ShapeBuffers:
     staging: torch.Tensor | None  # pinned host copy of the input (accelerators only)
     pixels_in: torch.Tensor  # (H, W, 4) uint8 on the device
     pixels_out: torch.Tensor  # (h, w, 4) uint8 on the device
+    finite: torch.Tensor  # () bool on the device: the last output had no NaN or inf
     padded: bool = False  # whether self._image holds this geometry's letterbox padding
+    graph: FrameGraph | None = None  # graph mode: this size's captured frame
 
 
 class TorchBackend(StepInputsBackend):
@@ -107,13 +135,25 @@ class TorchBackend(StepInputsBackend):
         if height % (scale * 4) or width % (scale * 4):
             raise ValueError(f"model size {width}x{height} must be a multiple of {scale * 4}")
         self._size = (height, width)
-        self.name = f"torch-{self.device.type} {str(dtype).removeprefix('torch.')}"
 
         for module in (unet, vae, text_encoder):
             if module.dtype != dtype:  # diffusers warns on every dtype cast, even a no-op
                 module.to(dtype=dtype)
             module.to(device=self.device).eval().requires_grad_(False)
         self.frame_step = FrameStep(unet, vae)
+        self.mode: RunMode = "eager"
+        self._compile: CompileMode = options.compile
+        if options.compile != "off" and self.device.type != "cuda":
+            log.info("--compile applies to CUDA GPUs; %s runs eager", self.device.type)
+            self._compile = "off"
+        if self._compile != "off":
+            prepare_modules(unet, vae)
+            if options.compile_cache is not None:
+                use_compile_cache(options.compile_cache)
+            self.mode = "graph" if options.graph else "compiled"
+        self._model: Any = compile_frame_step(self.frame_step, self._compile)
+        self._compiled = self._compile == "off"  # the first call compiles; then it is known
+        self.name = self._describe()
         latent_shape = (1, int(unet.config.in_channels), height // scale, width // scale)
         max_length = int(getattr(tokenizer, "model_max_length", 77))
         self.text = TextEncoder(text_encoder, tokenizer, device=self.device, tokens=max_length)
@@ -144,6 +184,26 @@ class TorchBackend(StepInputsBackend):
     def model_size(self) -> tuple[int, int]:
         return self._size
 
+    def _describe(self) -> str:
+        dtype = str(self.dtype).removeprefix("torch.")
+        mode = "" if self.mode == "eager" else f" {self.mode}"
+        return f"torch-{self.device.type} {dtype}{mode}"
+
+    def _fall_back(self, what: str, mode: RunMode, why: BaseException) -> None:
+        log.warning(
+            "%s failed (%s: %s); running %s instead. --compile off skips this at start-up",
+            what,
+            type(why).__name__,
+            str(why).splitlines()[0] if str(why) else "",
+            mode,
+        )
+        self.mode = mode
+        if mode == "eager":
+            self._model = self.frame_step
+        if self._shape is not None:
+            self._shape.graph = None
+        self.name = self._describe()
+
     # -- prompts and seeds -------------------------------------------------------------
 
     def encode_prompt(self, text: str) -> Embedding:
@@ -169,8 +229,60 @@ class TorchBackend(StepInputsBackend):
             staging=staging,
             pixels_in=torch.empty((*in_size, 4), dtype=torch.uint8, device=self.device),
             pixels_out=torch.empty((*out_size, 4), dtype=torch.uint8, device=self.device),
+            finite=torch.ones((), dtype=torch.bool, device=self.device),
         )
         return self._shape
+
+    # -- compiled and captured ---------------------------------------------------------------
+
+    def _compile_now(self) -> None:
+        """Compile on the first frame (it takes a minute cold), falling back to eager."""
+        inputs = self.inputs
+        try:
+            with progress(f"compiling the frame step ({self._compile}; cached for next time)"):
+                self._model(
+                    self._image,
+                    inputs.noise_from,
+                    inputs.noise_to,
+                    inputs.embeds_from,
+                    inputs.embeds_to,
+                    inputs.previous_x0,
+                    inputs.previous_output,
+                    inputs.controls,
+                )
+                synchronize(self.device)
+        except Exception as exc:  # any compiler or driver failure: keep the show going
+            self._fall_back("torch.compile", "eager", exc)
+        self._compiled = True
+
+    def _device_frame(self, buffers: _ShapeBuffers) -> None:
+        """The whole frame on device buffers only: what the CUDA graph captures."""
+        to_model(buffers.pixels_in, buffers.geometry, out=self._image, pad=False)
+        output = self.inputs.run(self._model, self._image)
+        to_pixels(output, buffers.geometry, out=buffers.pixels_out)
+        buffers.finite.copy_(torch.isfinite(output).all())
+
+    def _graph_for(self, pixels: Pixels, buffers: _ShapeBuffers) -> FrameGraph | None:
+        if buffers.graph is not None:
+            return buffers.graph
+        inputs = self.inputs
+        width, height = buffers.geometry.input_size[1], buffers.geometry.input_size[0]
+        try:
+            with progress(f"capturing the frame for {width}x{height} input"):
+                buffers.pixels_in.copy_(torch.from_numpy(pixels))
+                to_model(buffers.pixels_in, buffers.geometry, out=self._image, pad=True)
+                buffers.padded = True
+                buffers.graph = FrameGraph(
+                    lambda: self._device_frame(buffers),
+                    pixels_in=buffers.pixels_in,
+                    pixels_out=buffers.pixels_out,
+                    finite=buffers.finite,
+                    keep=(inputs.previous_x0, inputs.previous_output),
+                )
+        except Exception as exc:
+            self._fall_back("capturing the CUDA graph", "compiled", exc)
+            return None
+        return buffers.graph
 
     def _upload(self, pixels: Pixels, buffers: _ShapeBuffers) -> torch.Tensor:
         if buffers.staging is None:
@@ -193,13 +305,20 @@ class TorchBackend(StepInputsBackend):
 
     @torch.inference_mode()
     def step(self, pixels: Pixels, params: FrameParams, *, out: Pixels) -> None:
+        if not self._compiled:
+            self._compile_now()
         self.inputs.update_controls(params)
         buffers = self._buffers_for(pixels, out)
-        self._to_model(pixels, buffers)
-        output = self.inputs.run(self.frame_step, self._image)
-        finite = torch.isfinite(output).all()  # queued now, read after the download's sync
-        self._to_pixels(output, buffers, out)
-        if not bool(finite):
+        graph = self._graph_for(pixels, buffers) if self.mode == "graph" else None
+        if graph is not None:
+            finite = graph.run(pixels, out)
+        else:
+            self._to_model(pixels, buffers)
+            output = self.inputs.run(self._model, self._image)
+            queued = torch.isfinite(output).all()  # read after the download's sync
+            self._to_pixels(output, buffers, out)
+            finite = bool(queued)
+        if not finite:
             self.inputs.clear_state()
             raise NonFiniteFrameError(
                 "the model produced NaN or infinite values; the frame was skipped and the "
