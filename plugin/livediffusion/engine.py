@@ -26,6 +26,7 @@ import numpy.typing as npt
 from livediffusion.controls import GLIDING_FIELDS, Controls, ControlStore
 from livediffusion.glide import Glide, Ramp
 from livediffusion.prompts import PromptEncoder
+from livediffusion.similarity import SimilarityGate
 from livediffusion.slots import BufferPool, LatestSlot
 from livediffusion.status import Stats
 from livediffusion_bridge import Frame, FrameSink, FrameSource, TransportError
@@ -52,6 +53,8 @@ class EngineOptions:
     max_failures: int = 5  # consecutive failed frames before the model is bypassed
     retry_after: float = 5.0  # seconds in bypass before the model is tried again
     stall_after: float = 5.0  # seconds one frame may take before the watchdog says so
+    skip_similar: float = 0.0
+    """Republish the last output while the input changes less than this (0..1); 0 = off."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +111,9 @@ class Engine:
         self._degraded_until: float | None = None  # bypassing the model until then
         self._fallback_shown = False
         self._seed = 0  # the seed whose noise the backend holds; set in start()
+        self._gate = SimilarityGate(self.options.skip_similar)
+        self._last_model_out: npt.NDArray[np.uint8] | None = None  # what a skip republishes
+        self.skipped = 0  # frames that reused the last output (--skip-similar)
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -226,6 +232,7 @@ class Engine:
         self._busy_since = time.monotonic()
         log.info("warm in %.1f s", self.backend.warmup())
         self._busy_since = None
+        self.stats.backend = self.backend.name  # a compile that fell back renames it
         self._warm.set()
         first_frame = True
         while not self._stop.is_set():
@@ -239,6 +246,7 @@ class Engine:
             if self.controls.resets != self._resets:
                 self._resets = self.controls.resets
                 self.backend.reset()
+                self._gate.forget()
                 log.info("temporal state reset")
             if controls.paused:
                 continue  # the sink keeps showing the last published frame
@@ -248,6 +256,9 @@ class Engine:
                 self.backend.passthrough(frame.pixels, out=out)
             else:
                 params = self._frame_params(controls)
+                if self._skip(frame.pixels, params, out):
+                    self._put_output(out, frame.timestamp)
+                    continue
                 started = time.monotonic()
                 self._busy_since = started
                 try:
@@ -255,17 +266,41 @@ class Engine:
                 except Exception as exc:
                     self._busy_since = None
                     self._pool.release(out)
+                    self._gate.forget()
                     self._failed(exc)
                     continue
                 self._busy_since = None
                 self.stats.step_time(time.monotonic() - started)
                 self._recovered()
+                self._remember(frame.pixels, params, out)
                 if first_frame:
                     log.info(
                         "first frame processed in %.0f ms", 1000 * (time.monotonic() - started)
                     )
                     first_frame = False
             self._put_output(out, frame.timestamp)
+
+    # -- --skip-similar -----------------------------------------------------------------------
+
+    def _skip(
+        self, pixels: npt.NDArray[np.uint8], params: FrameParams, out: npt.NDArray[np.uint8]
+    ) -> bool:
+        last = self._last_model_out
+        if last is None or last.shape != out.shape or not self._gate.similar(pixels, params):
+            return False
+        np.copyto(out, last)
+        self.skipped += 1
+        return True
+
+    def _remember(
+        self, pixels: npt.NDArray[np.uint8], params: FrameParams, out: npt.NDArray[np.uint8]
+    ) -> None:
+        if not self._gate.enabled:
+            return
+        self._gate.remember(pixels, params)
+        if self._last_model_out is None or self._last_model_out.shape != out.shape:
+            self._last_model_out = np.empty_like(out)
+        np.copyto(self._last_model_out, out)
 
     def _put_output(self, out: npt.NDArray[np.uint8], captured: float) -> None:
         replaced = self._outputs.put(_Result(out, captured))

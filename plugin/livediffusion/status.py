@@ -98,6 +98,8 @@ class Stats:
         self.dropped = 0
         self.errors = 0  # frames the model failed on (skipped)
         self.fallback = 0  # fallback frames re-sent while the source was away
+        self.steps = 0  # frames the model ran
+        self.step_seconds = 0.0  # time spent in the model, all frames (device time on a GPU)
 
     def frame_in(self, now: float) -> None:
         with self._lock:
@@ -121,6 +123,8 @@ class Stats:
     def step_time(self, seconds: float) -> None:
         with self._lock:
             self._steps.add(seconds)
+            self.steps += 1
+            self.step_seconds += seconds
 
     def step_p50(self) -> float:
         """The typical time the model takes for a frame (0 before the first)."""

@@ -249,3 +249,33 @@ def test_reset_forgets_feedback_and_smoothing(running: Callable[..., Engine]) ->
     without = after_history(False)
     assert np.array_equal(with_reset, again)  # history no longer matters
     assert np.abs(without - with_reset).mean() > 0.5  # without a reset it does
+
+
+def test_skip_similar_republishes_a_still_input_and_wakes_on_change(
+    running: Callable[..., Engine],
+) -> None:
+    from livediffusion.similarity import SETTLE_FRAMES
+
+    engine = running(skip_similar=0.01)
+    still = _picture(3)
+    outputs = [_next_output(still, after=i) for i in range(SETTLE_FRAMES + 12)]
+    assert engine.skipped >= 5  # the model stopped running on the still picture
+    assert engine.stats.steps < engine.stats.frames_out
+    assert np.array_equal(outputs[-1], outputs[-2])  # and the settled output was republished
+    steps = engine.stats.steps
+    moved = _settled_output(_picture(4))  # a new picture runs the model again at once
+    assert engine.stats.steps > steps
+    assert not np.array_equal(moved, outputs[-1])
+    steps = engine.stats.steps
+    engine.controls.update(strength=0.5)  # so does a control change on the same picture
+    _settled_output(_picture(4))
+    assert engine.stats.steps > steps
+
+
+def test_skip_similar_off_runs_the_model_on_every_frame(running: Callable[..., Engine]) -> None:
+    engine = running()
+    still = _picture(3)
+    for i in range(15):
+        _next_output(still, after=i)
+    assert engine.skipped == 0
+    assert engine.stats.steps >= 15
