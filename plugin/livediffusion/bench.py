@@ -15,13 +15,21 @@ import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any, TextIO
 
 import numpy as np
 
 from livediffusion.backends import build_backend
 from livediffusion.config import ServeConfig
 
-__all__ = ["PAPER_M3_ULTRA_MS", "BenchResult", "StageTiming", "format_table", "run_bench"]
+__all__ = [
+    "PAPER_M3_ULTRA_MS",
+    "BenchResult",
+    "StageTiming",
+    "format_table",
+    "run_bench",
+    "run_comparison",
+]
 
 PAPER_M3_ULTRA_MS: dict[str, str] = {
     "pre": "~10 (pre+post)",
@@ -161,3 +169,80 @@ def write_json(result: BenchResult, path: str | Path) -> None:
     for stage, timing in zip(data["stages"], result.stages, strict=True):
         stage["fps"] = timing.fps
     Path(path).write_text(json.dumps(data, indent=2), encoding="utf-8")
+
+
+def run_comparison(
+    config: ServeConfig,
+    *,
+    compare: bool,
+    e2e: bool,
+    still: float | None,
+    frames: int,
+    warmup: int,
+    e2e_seconds: float,
+    e2e_fps: float,
+    json_path: str | None,
+    plot_path: str | None,
+    out: TextIO,
+) -> dict[str, Any]:
+    """``bench --compare/--e2e/--still``: load the weights once, run what was asked, print
+    each part as it finishes, then write the JSON and the chart."""
+    from livediffusion.backends import BACKENDS, choose_backend
+    from livediffusion.bench_e2e import format_e2e, run_e2e
+    from livediffusion.bench_modes import compare_modes, format_modes, format_still, still_saving
+    from livediffusion_models.registry import get_model
+    from livediffusion_models.weights import load_model
+
+    name = choose_backend(config.backend)
+    choice = BACKENDS[name]
+    choice.check(config)
+    spec = get_model(config.model)
+    model = load_model(
+        spec,
+        config.weights or spec.hub_id,
+        cache_dir=config.cache_dir,
+        progress=True,
+        torch_dtype=choice.load_dtype(config),
+    )
+    size = config.size or (spec.default_size, spec.default_size)
+    report: dict[str, Any] = {
+        "model": config.model,
+        "weights": config.weights or spec.hub_id,
+        "size": list(size),
+        "machine": _machine(),
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+    }
+    out.write(f"livediffusion bench: {spec.name} ({report['weights']}) at {size[1]}x{size[0]}\n")
+    out.write(f"machine: {report['machine']}; {report['date']}\n\n")
+    rows = []
+    if compare:
+        if name != "torch":
+            raise ValueError("--compare times the torch modes: use --backend torch")
+        rows = compare_modes(config, model=model, frames=frames, warmup=warmup)
+        report["modes"] = [{**asdict(row), "fps": row.fps, "tflops": row.tflops} for row in rows]
+        out.write(format_modes(rows) + "\n\n")
+        out.flush()
+    result = None
+    if e2e or still is not None:
+        backend = choice.build(config, model)
+        backend.set_prompt(backend.encode_prompt("a benchmark of light and colour"))
+        backend.warmup()
+        if still is not None:
+            saving = still_saving(backend, threshold=still)
+            report["still"] = {**asdict(saving), "saved": saving.saved}
+            out.write(format_still(saving) + "\n\n")
+            out.flush()
+        if e2e:
+            result = run_e2e(config, backend=backend, seconds=e2e_seconds, feed_fps=e2e_fps)
+            report["e2e"] = asdict(result)
+            out.write(format_e2e(result) + "\n")
+        else:
+            backend.close()
+    if json_path:
+        Path(json_path).write_text(json.dumps(report, indent=2), encoding="utf-8")
+    if plot_path:
+        from livediffusion.bench_plot import plot
+
+        title = f"livediffusion, {spec.name} {size[1]}x{size[0]}, {report['machine']}"
+        plot(rows, result, plot_path, title=title)
+    return report

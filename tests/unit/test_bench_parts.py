@@ -1,0 +1,63 @@
+"""The benchmark's own parts: the frame number that survives NDI, the tables and the chart."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from livediffusion.bench_e2e import BITS, E2EResult, decode_number, encode_number, format_e2e
+from livediffusion.bench_modes import ModeTiming, format_modes
+from livediffusion.bench_plot import plot
+
+
+@pytest.mark.parametrize("width", [128, 512, 1920])
+def test_frame_numbers_survive_noise_like_ndis_compression(width: int) -> None:
+    rng = np.random.default_rng(width)
+    picture = rng.integers(0, 256, (width // 2 + 64, width, 4), dtype=np.uint8)
+    for number in (0, 1, 5, 123_456, (1 << BITS) - 1):
+        encode_number(picture, number)
+        noisy = np.clip(picture.astype(int) + rng.integers(-40, 41, picture.shape), 0, 255)
+        assert decode_number(noisy.astype(np.uint8)) == number
+
+
+def test_a_picture_without_a_number_reads_as_none() -> None:
+    grey = np.full((256, 512, 4), 128, dtype=np.uint8)
+    assert decode_number(grey) is None
+    encode_number(grey, 77)
+    grey[20:24] = 0  # a block row broken: the complement check fails
+    assert decode_number(grey) is None
+
+
+def test_the_modes_table_gives_ratios_to_diffusers_and_names_skips() -> None:
+    rows = [
+        ModeTiming("diffusers", "reference", 25.0, 40.0, 25.0, 682.0, 1.4),
+        ModeTiming("graph", "captured", 4.0, 4.2, 4.0, 682.0, 1.5),
+        ModeTiming("compiled", "compiled", skipped="needs CUDA (cpu here)"),
+    ]
+    table = format_modes(rows)
+    graph = next(line for line in table.splitlines() if line.startswith("graph"))
+    assert "250.0" in graph and "6.25" in graph and "170.5" in graph  # FPS, x ref, TFLOP/s
+    assert "compiled   skipped: needs CUDA" in table
+
+
+def test_the_chart_is_a_png_with_one_bar_per_mode(tmp_path: Path) -> None:
+    from PIL import Image
+
+    rows = [
+        ModeTiming("diffusers", "reference", 25.0, 40.0, 25.0),
+        ModeTiming("graph", "captured", 4.0, 4.2, 4.0),
+    ]
+    e2e = E2EResult(10.0, 3000, 2250, 225.0, 10.9, 12.8, 15.5, 300.0, {}, 512, "torch-cuda")
+    path = tmp_path / "chart.png"
+    plot(rows, e2e, path, title="test")
+    image = np.asarray(Image.open(path).convert("RGB"))
+    bars = {
+        colour: np.all(image == colour, axis=-1).sum()
+        for colour in [(150, 150, 150), (220, 90, 40), (60, 160, 90)]
+    }
+    ratio = bars[(220, 90, 40)] / bars[(150, 150, 150)]  # bar areas: 250 fps against 40
+    assert 250 / 40 * 0.9 < ratio < 250 / 40 * 1.1
+    assert bars[(60, 160, 90)] > 0
+    assert "225.0 frames/s" in format_e2e(e2e)
