@@ -8,7 +8,8 @@ Everything is addressed by URI and opened through two functions::
             sink.publish(frame.pixels)
 
 Schemes: ``ndi://NAME`` or ``ndi://HOST:PORT``, ``syphon://SERVER`` (macOS), ``spout://NAME``
-(Windows), ``test://pattern``, ``file://PATH`` and ``memory://NAME`` (in-process, see
+(Windows), ``test://pattern``, ``file://PATH``, ``camera://INDEX`` or ``camera://NAME``,
+``window://TITLE`` (a sink on screen) and ``memory://NAME`` (in-process, see
 :mod:`livediffusion_bridge.memory`). Transport libraries are imported only when their
 scheme is opened, never here.
 """
@@ -16,6 +17,7 @@ scheme is opened, never here.
 from __future__ import annotations
 
 from ._listing import SourceInfo, SourceListing
+from ._window import PreviewWindow, WindowSink
 from .errors import (
     BackendUnavailableError,
     BridgeError,
@@ -38,11 +40,13 @@ __all__ = [
     "FrameSource",
     "InvalidURIError",
     "Pixels",
+    "PreviewWindow",
     "SourceInfo",
     "SourceListing",
     "SourceNotFoundError",
     "SourceURI",
     "TransportError",
+    "WindowSink",
     "as_pixels",
     "list_sources",
     "open_sink",

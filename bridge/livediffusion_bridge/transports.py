@@ -14,6 +14,7 @@ import time
 from types import ModuleType
 
 from ._listing import SourceInfo, SourceListing
+from ._window import pump as pump_windows
 from .errors import BackendUnavailableError, BridgeError, InvalidURIError, TransportError
 from .frame import FrameSink, FrameSource
 from .uri import parse_uri
@@ -29,8 +30,15 @@ _SOURCE_MODULES = {
     "test": "_pattern",
     "file": "_file",
     "memory": "memory",
+    "camera": "_camera",
 }
-_SINK_MODULES = {"ndi": "_ndi", "syphon": "_syphon", "spout": "_spout", "memory": "memory"}
+_SINK_MODULES = {
+    "ndi": "_ndi",
+    "syphon": "_syphon",
+    "spout": "_spout",
+    "memory": "memory",
+    "window": "_window",
+}
 
 
 def _module(name: str) -> ModuleType:
@@ -45,6 +53,11 @@ def open_source(uri: str) -> FrameSource:
     transport cannot work on this machine.
     """
     parsed = parse_uri(uri)
+    if parsed.scheme not in _SOURCE_MODULES:
+        raise InvalidURIError(
+            f"{parsed.scheme}:// can only be a sink ({uri}); sources: "
+            + ", ".join(f"{scheme}://" for scheme in _SOURCE_MODULES)
+        )
     source: FrameSource = _module(_SOURCE_MODULES[parsed.scheme]).open_source(parsed)
     return source
 
@@ -67,7 +80,7 @@ def open_sink(uri: str) -> FrameSink:
 
 def _listed_kinds() -> list[str]:
     """The transports that can be asked on this OS (the others are not failures, just absent)."""
-    kinds = ["ndi"]
+    kinds = ["ndi", "camera"]
     if sys.platform == "darwin":
         kinds.append("syphon")
     if sys.platform == "win32":
@@ -105,9 +118,12 @@ def pump_events(seconds: float) -> None:
     On macOS a process without a UI must run its Cocoa run loop for Syphon discovery to
     work (other apps would not see our server). This does that when syphon-python is
     installed; elsewhere, or without it, it just sleeps, so a main loop of
-    ``while running: pump_events(0.05)`` is right on every OS.
+    ``while running: pump_events(0.05)`` is right on every OS. It also draws and runs the
+    ``window://`` preview windows this thread opened.
     """
     end = time.monotonic() + max(seconds, 0.0)
+    if pump_windows(seconds):
+        return  # Tk ran the platform's event loop (Cocoa's too, on macOS) meanwhile
     if sys.platform == "darwin":
         from . import _syphon
 

@@ -19,7 +19,7 @@ from .errors import InvalidURIError
 
 __all__ = ["SCHEMES", "SourceURI", "parse_uri"]
 
-SCHEMES: tuple[str, ...] = ("ndi", "syphon", "spout", "test", "file", "memory")
+SCHEMES: tuple[str, ...] = ("ndi", "syphon", "spout", "test", "file", "memory", "camera", "window")
 """Every scheme the bridge knows, in the order error messages list them."""
 
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://(.*)$", re.DOTALL)

@@ -75,6 +75,7 @@ class ServeConfig:
     cache_dir: str | None = None
     coreml: CoreMLSettings = field(default_factory=CoreMLSettings)
     on_source_loss: str = "last"  # last | black | hold-input: what the sink shows meanwhile
+    preview: str = "off"  # off | on | side-by-side: a window of the output beside the sink
     status_interval: float = 1.0
     duration: float | None = None  # stop by itself after this many seconds (demos, soak)
     log_level: str = "info"

@@ -86,6 +86,7 @@ class Option:
     choices: tuple[str, ...] | None = None
     default_text: str | None = None  # how the docs show a default that is not a value
     boolean: bool = False  # an on/off flag: --x / --no-x
+    bare: str | None = None  # what the flag means given alone (--preview): its value is optional
 
     @property
     def flag(self) -> str:
@@ -271,6 +272,15 @@ def _switch(value: object) -> bool:
     raise ValueError(f"must be true or false, got {_show(value)}")
 
 
+PREVIEW_MODES = ("off", "on", "side-by-side")
+
+
+def _preview(value: object) -> str:
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return str(_choice(PREVIEW_MODES)(value))
+
+
 def _states(value: object) -> bool | None:
     if value in ("auto", None):
         return None
@@ -341,7 +351,7 @@ def _build_options() -> tuple[Option, ...]:
             "source",
             "frames",
             "ndi://NAME, ndi://HOST:PORT, syphon://SERVER, spout://NAME, test://pattern, "
-            "file://PATH",
+            "file://PATH, camera://INDEX or camera://NAME (`livediffusion sources` lists them)",
             _text,
             metavar="URI",
             default_text=f"{default_source('darwin')} on macOS, else {default_source('linux')}",
@@ -349,7 +359,7 @@ def _build_options() -> tuple[Option, ...]:
         _serve(
             "sink",
             "frames",
-            "ndi://NAME, syphon://NAME, spout://NAME, memory://NAME",
+            "ndi://NAME, syphon://NAME, spout://NAME, memory://NAME, window://TITLE (on screen)",
             _text,
             metavar="URI",
             default_text=f"{default_sink('darwin')} on macOS, else {default_sink('linux')}",
@@ -576,6 +586,15 @@ def _build_options() -> tuple[Option, ...]:
             "last input passed through",
             _choice(("last", "black", "hold-input")),
             choices=("last", "black", "hold-input"),
+        ),
+        _serve(
+            "preview",
+            "frames",
+            "also show the output in a window, with the status line (--preview alone: on); "
+            "side-by-side: the input beside it. Esc or closing the window stops the server",
+            _preview,
+            metavar="|".join(PREVIEW_MODES),
+            bare="on",
         ),
         _serve(
             "log_level",

@@ -21,6 +21,7 @@ from livediffusion.config import ServeConfig
 from livediffusion.controls import ControlStore
 from livediffusion.engine import SOURCE_LOSS_MODES, Engine, EngineOptions, SourceLoss
 from livediffusion.presets import PresetFile
+from livediffusion.preview import attach_preview
 from livediffusion.status import Stats, format_status, format_summary
 from livediffusion.surface import ControlSurface, StatusValues
 from livediffusion_bridge import open_sink, open_source, pump_events
@@ -231,6 +232,11 @@ def _run(
             stack.enter_context(_open_midi(config, surface, controls))
         source = stack.enter_context(open_source(config.resolved_source()))
         sink = stack.enter_context(open_sink(config.resolved_sink()))
+        # A window (--preview, window://) is drawn by this thread while it waits below;
+        # closing it sets ``stop``.
+        preview = attach_preview(config.preview, source, sink, stack=stack, on_close=stop.set)
+        if preview is not None:
+            source, sink = preview.source, preview.sink
         if backend is None:
             backend = build_backend(config)
         engines: list[Engine] = []
@@ -238,6 +244,7 @@ def _run(
         options = EngineOptions(
             output_size=config.output_size,
             on_source_loss=_source_loss(config.on_source_loss),
+            skip_similar=config.skip_similar,
         )
         engine = Engine(
             source=source,
@@ -269,7 +276,10 @@ def _run(
                 if not announced and sink.listen_address:
                     log.info("output listening on %s", sink.listen_address)
                     announced = True
-                line.show(format_status(engine.stats.snapshot()) + notes(engine) + _osc_note(osc))
+                text = format_status(engine.stats.snapshot()) + notes(engine) + _osc_note(osc)
+                line.show(text)
+                if preview is not None:
+                    preview.window.set_status(text)
                 next_line = now + config.status_interval
             if deadline is not None and now >= deadline:
                 break
