@@ -1,5 +1,5 @@
 """The ``livediffusion`` command: serve, config, sources, download, convert, bench, doctor,
-soak, models, osc, midi."""
+soak, models, hosts, osc, midi."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
 from livediffusion.config import ServeConfig
+from livediffusion.hosts import HOST_FILES
 from livediffusion.options import GROUPS, OPTIONS, Option
 from livediffusion_models.coreml import CoreMLSettings
 
@@ -51,6 +52,8 @@ def _arguments(
         if option.boolean:
             group.add_argument(option.flag, action=argparse.BooleanOptionalAction, **extra)
             continue
+        if option.bare is not None:
+            extra.update(nargs="?", const=option.parse(option.bare))
         group.add_argument(
             option.flag,
             type=_flag_type(option),
@@ -118,7 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
     config.add_argument("--config", metavar="FILE", help="a TOML file to start from")
     _arguments(config, given_only=True)
 
-    sources = commands.add_parser("sources", help="list the Syphon/NDI/Spout sources in view")
+    sources = commands.add_parser(
+        "sources", help="list the Syphon/NDI/Spout sources in view and the cameras"
+    )
     sources.add_argument("--timeout", type=float, default=2.0, metavar="SECONDS")
 
     download = commands.add_parser("download", help="fetch a model's weights into the cache")
@@ -141,10 +146,34 @@ def build_parser() -> argparse.ArgumentParser:
         "source paper's M3 Ultra figures. Weights are random unless --weights says otherwise "
         "(the speed is the architecture's).",
     )
-    _arguments(bench, (*_MODEL_KEYS, "size", *_COREML_KEYS))
+    _arguments(bench, (*_MODEL_KEYS, "compile", "size", *_COREML_KEYS))
     bench.add_argument("--frames", type=int, default=50, help="timed runs per stage (50)")
     bench.add_argument("--warmup", type=int, default=5, help="untimed frames first (5)")
     bench.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    bench.add_argument(
+        "--compare",
+        action="store_true",
+        help="time the whole frame in each mode (eager, compiled, graph) beside diffusers' "
+        "img2img pipeline, in one process on the same weights",
+    )
+    bench.add_argument(
+        "--e2e",
+        action="store_true",
+        help="also time the whole server, NDI in and NDI out over loopback, frame by frame",
+    )
+    bench.add_argument(
+        "--e2e-seconds", type=float, default=10.0, metavar="S", help="--e2e: how long (10)"
+    )
+    bench.add_argument(
+        "--e2e-fps", type=float, default=300.0, metavar="FPS", help="--e2e: feed rate (300)"
+    )
+    bench.add_argument(
+        "--still",
+        type=float,
+        metavar="THRESHOLD",
+        help="measure --skip-similar THRESHOLD on a still input: the model's time saved",
+    )
+    bench.add_argument("--plot", metavar="FILE.png", help="draw the comparison as a chart")
 
     doctor = commands.add_parser(
         "doctor",
@@ -197,6 +226,15 @@ def build_parser() -> argparse.ArgumentParser:
     soak.add_argument("--json", metavar="FILE", help="also write the report to FILE as JSON")
 
     commands.add_parser("models", help="list the models livediffusion knows")
+    hosts = commands.add_parser(
+        "hosts",
+        help="list the files shipped for VJ hosts (the OBS script, the TouchDesigner builder)",
+        description="Print where the installed host files are, to load them in the host "
+        "(OBS: Tools -> Scripts -> +).",
+    )
+    hosts.add_argument(
+        "--path", choices=sorted(HOST_FILES), metavar="NAME", help="print only this host's file"
+    )
     osc = commands.add_parser("osc", help="list the OSC addresses the server accepts")
     osc.add_argument("--osc-prefix", default="", metavar="/NAME", help="show them under a prefix")
     osc.add_argument("--markdown", action="store_true", help="as a markdown table (the docs')")
@@ -318,9 +356,27 @@ def _check_config(args: argparse.Namespace) -> ServeConfig:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from livediffusion.bench import format_table, run_bench, write_json
+    from livediffusion.bench import format_table, run_bench, run_comparison, write_json
 
-    result = run_bench(_check_config(args), frames=args.frames, warmup=args.warmup)
+    config = dataclasses.replace(_check_config(args), compile=args.compile)
+    if args.compare or args.e2e or args.still is not None or args.plot:
+        if args.still is not None and not 0.0 < args.still <= 1.0:
+            raise ValueError(f"--still must be more than 0 and at most 1, got {args.still:g}")
+        run_comparison(
+            config,
+            compare=args.compare or bool(args.plot and not args.e2e),
+            e2e=args.e2e,
+            still=args.still,
+            frames=args.frames,
+            warmup=args.warmup,
+            e2e_seconds=args.e2e_seconds,
+            e2e_fps=args.e2e_fps,
+            json_path=args.json,
+            plot_path=args.plot,
+            out=sys.stdout,
+        )
+        return 0
+    result = run_bench(config, frames=args.frames, warmup=args.warmup)
     print(format_table(result))
     if args.json:
         write_json(result, args.json)
@@ -380,6 +436,13 @@ def _config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _hosts(args: argparse.Namespace) -> int:
+    for name, path in HOST_FILES.items():
+        if args.path in (None, name):
+            print(path if args.path else f"{name}\t{path}")
+    return 0
+
+
 def _midi(args: argparse.Namespace) -> int:
     from livediffusion.midi import midi_command
 
@@ -421,6 +484,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _config(args)
         if args.command == "midi":
             return _midi(args)
+        if args.command == "hosts":
+            return _hosts(args)
         if args.command == "soak":
             from livediffusion.soak import soak_command
 
