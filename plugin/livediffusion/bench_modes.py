@@ -196,17 +196,7 @@ def _ours(
 
     @torch.inference_mode()
     def count() -> None:
-        inputs = backend.inputs
-        backend.frame_step(
-            backend._image,
-            inputs.noise_from,
-            inputs.noise_to,
-            inputs.embeds_from,
-            inputs.embeds_to,
-            inputs.previous_x0,
-            inputs.previous_output,
-            inputs.controls,
-        )
+        backend.frame_step(*backend.inputs.arguments(backend._image))
 
     return backend, frame, count
 

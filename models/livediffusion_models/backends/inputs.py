@@ -157,10 +157,9 @@ class StepInputs:
         self.fresh = False
         return self.controls
 
-    def run(self, frame_step: Any, image: torch.Tensor) -> torch.Tensor:
-        """One :class:`FrameStep` call on these inputs (after :meth:`update_controls`); keeps
-        its x0 and smoothed output as the next frame's temporal state, returns the output."""
-        output, x0, smoothed = frame_step(
+    def arguments(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """:class:`FrameStep`'s inputs, in its order: ``frame_step(*inputs.arguments(image))``."""
+        return (
             image,
             self.noise_from,
             self.noise_to,
@@ -170,6 +169,11 @@ class StepInputs:
             self.previous_output,
             self.controls,
         )
+
+    def run(self, frame_step: Any, image: torch.Tensor) -> torch.Tensor:
+        """One :class:`FrameStep` call on these inputs (after :meth:`update_controls`); keeps
+        its x0 and smoothed output as the next frame's temporal state, returns the output."""
+        output, x0, smoothed = frame_step(*self.arguments(image))
         self.previous_x0.copy_(x0)
         self.previous_output.copy_(smoothed)
         result: torch.Tensor = output

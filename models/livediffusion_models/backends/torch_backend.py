@@ -237,19 +237,9 @@ class TorchBackend(StepInputsBackend):
 
     def _compile_now(self) -> None:
         """Compile on the first frame (it takes a minute cold), falling back to eager."""
-        inputs = self.inputs
         try:
             with progress(f"compiling the frame step ({self._compile}; cached for next time)"):
-                self._model(
-                    self._image,
-                    inputs.noise_from,
-                    inputs.noise_to,
-                    inputs.embeds_from,
-                    inputs.embeds_to,
-                    inputs.previous_x0,
-                    inputs.previous_output,
-                    inputs.controls,
-                )
+                self._model(*self.inputs.arguments(self._image))
                 synchronize(self.device)
         except Exception as exc:  # any compiler or driver failure: keep the show going
             self._fall_back("torch.compile", "eager", exc)
