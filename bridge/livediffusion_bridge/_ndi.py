@@ -125,10 +125,24 @@ def _load() -> Any:
     try:
         import NDIlib
     except (ImportError, OSError) as exc:
-        raise BackendUnavailableError(
-            f"NDI needs the ndi-python package: {INSTALL_HINT} ({exc})"
-        ) from exc
+        raise BackendUnavailableError(_load_failure(exc)) from exc
     return NDIlib
+
+
+def _load_failure(exc: BaseException) -> str:
+    """The package is there but a system library it links is not (a bare Linux image lacks
+    Avahi's client libraries): say which, not "install the package" again."""
+    text = str(exc)
+    missing = re.search(r"(lib[\w.+-]+\.so(?:\.\d+)*): cannot open shared object file", text)
+    if missing is None:
+        return f"NDI needs the ndi-python package: {INSTALL_HINT} ({text})"
+    library = missing.group(1)
+    hint = ""
+    if library.startswith("libavahi"):
+        hint = " (Debian/Ubuntu: apt install libavahi-client3; Fedora: dnf install avahi-libs)"
+    elif library.startswith("libdbus"):
+        hint = " (Debian/Ubuntu: apt install libdbus-1-3)"
+    return f"ndi-python is installed, but the NDI runtime needs the system library {library}{hint}"
 
 
 def _acquire() -> Any:

@@ -356,3 +356,15 @@ def test_no_finder_is_destroyed_young_and_a_young_probe_is_kept() -> None:
     assert fake.born == {}
     assert min(fake.lived) >= _ndi._FINDER_MIN_LIFE
     assert fake.ips[1] == ",".join(_ndi.LOOPBACK_ALIASES)
+
+
+def test_a_missing_system_library_is_named_not_the_package() -> None:
+    """What the H200's bare image said: the wheel was there, Avahi's client library was not."""
+    from livediffusion_bridge._ndi import _load_failure
+
+    missing = ImportError("libavahi-common.so.3: cannot open shared object file: No such file")
+    text = _load_failure(missing)
+    assert "ndi-python is installed" in text and "libavahi-common.so.3" in text
+    assert "apt install libavahi-client3" in text
+    absent = _load_failure(ModuleNotFoundError("No module named 'NDIlib'"))
+    assert "pip install" in absent and "system library" not in absent
