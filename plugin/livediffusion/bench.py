@@ -161,6 +161,11 @@ def format_table(result: BenchResult) -> str:
         "(frame: the whole step() the server runs, pre + model + post; FPS = 1000 / mean ms; "
         "the paper's 22.7 FPS is end to end with a camera)"
     )
+    if result.backend.endswith((" graph", " compiled")):
+        lines.append(
+            "(the stage rows run the modules eagerly, one at a time; only the frame row is the "
+            "compiled path: `bench --compare` times every mode whole)"
+        )
     return "\n".join(lines)
 
 

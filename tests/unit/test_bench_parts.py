@@ -61,3 +61,13 @@ def test_the_chart_is_a_png_with_one_bar_per_mode(tmp_path: Path) -> None:
     assert 250 / 40 * 0.9 < ratio < 250 / 40 * 1.1
     assert bars[(60, 160, 90)] > 0
     assert "225.0 frames/s" in format_e2e(e2e)
+
+
+def test_the_stage_table_says_when_only_its_frame_row_is_the_compiled_path() -> None:
+    from livediffusion.bench import BenchResult, StageTiming, format_table
+
+    stages = [StageTiming("unet", 3.0, 3.1, 3.0), StageTiming("frame", 4.0, 4.2, 4.1)]
+    graph = BenchResult("torch-cuda float16 graph", "m", "w", (512, 512), 5, "x", "d", stages)
+    eager = BenchResult("torch-cuda float16", "m", "w", (512, 512), 5, "x", "d", stages)
+    assert "only the frame row is the compiled path" in format_table(graph)
+    assert "compiled path" not in format_table(eager)
