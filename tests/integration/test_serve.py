@@ -5,9 +5,6 @@ from __future__ import annotations
 import itertools
 import os
 import re
-import signal
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -24,7 +21,7 @@ from livediffusion.config import ServeConfig
 from livediffusion.controls import Controls
 from livediffusion.server import run_server
 from livediffusion_bridge import FrameSink, FrameSource, open_sink, open_source
-from loopback import free_udp_port
+from loopback import Child, free_udp_port
 from ndi_foreign import ForeignNdi, foreign_ndi_program
 
 pytestmark = pytest.mark.integration
@@ -164,50 +161,28 @@ def test_ndi_in_processed_ndi_out_and_osc_changes_it(
 @pytest.mark.usefixtures("foreign")
 def test_cli_serves_over_ndi_and_stops_on_sigterm(tiny_folder: Path) -> None:
     tag = _tag()
-    command = [
-        sys.executable, "-m", "livediffusion", "serve",
+    child = Child(
+        "serve",
         "--source", "test://pattern?size=128x96&fps=30",
         "--sink", f"ndi://ld-cli-{tag}",
         "--weights", str(tiny_folder),
         "--size", "64", "--device", "cpu",
         "--osc-port", str(free_udp_port()),
         "--status-interval", "0.2",
-    ]  # fmt: skip
-    process = subprocess.Popen(
-        command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )  # fmt: skip
-    lines: list[str] = []
-    listening = threading.Event()
-    address: list[str] = []
-
-    def read() -> None:
-        assert process.stdout is not None
-        for line in process.stdout:
-            lines.append(line)
-            match = re.search(r"output listening on (\S+:\d+)", line)
-            if match:
-                address.append(match.group(1))
-                listening.set()
-
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
+    lines = child.lines
     try:
-        assert listening.wait(90), "".join(lines[-30:])
+        listening = child.wait_for(r"output listening on (\S+:\d+)", 90)
+        assert listening, child.tail(30)
         # Direct connection to the port the server logged: no discovery needed.
-        with open_source(f"ndi://{address[0]}") as receiver:
+        with open_source(f"ndi://{listening.group(1)}") as receiver:
             frames = _receive(receiver, 3)
         assert all(f.shape == (96, 128, 4) for f in frames)
         assert any(re.search(r"in +[\d.]+ fps \| out +[\d.]+ fps \| latency", x) for x in lines)
-        started = time.monotonic()
-        process.send_signal(signal.SIGTERM)
-        code = process.wait(timeout=10)
-        elapsed = time.monotonic() - started
+        code, elapsed = child.stop()
     finally:
-        if process.poll() is None:
-            process.kill()
-    reader.join(5)
-    assert code == 0, "".join(lines[-30:])
+        child.kill()
+    assert code == 0, child.tail(30)
     assert elapsed < 2.0, f"took {elapsed:.2f} s to stop"
     assert any("SIGTERM" in x for x in lines)
     assert any("frames out" in x for x in lines)  # the summary line
@@ -216,30 +191,14 @@ def test_cli_serves_over_ndi_and_stops_on_sigterm(tiny_folder: Path) -> None:
 def test_sigterm_while_the_model_loads_stops_at_once() -> None:
     # The full-size random model takes many seconds to build on a CPU: a performer who
     # changes their mind must not wait for it.
-    command = [
-        sys.executable, "-m", "livediffusion", "serve",
-        "--source", "test://pattern", "--sink", "memory://out",
+    child = Child(
+        "serve", "--source", "test://pattern", "--sink", "memory://out",
         "--weights", "random", "--device", "cpu", "--osc-port", str(free_udp_port()),
-    ]  # fmt: skip
-    process = subprocess.Popen(
-        command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )  # fmt: skip
-    assert process.stdout is not None
-    lines = []
-    for line in process.stdout:
-        lines.append(line)
-        if "loading sdxs-512-0.9" in line:
-            break
+    lines = child.lines
+    child.wait_for("loading sdxs-512-0.9", 180)
     time.sleep(1.0)  # inside the build now
-    started = time.monotonic()
-    process.send_signal(signal.SIGTERM)
-    try:
-        code = process.wait(timeout=10)
-    finally:
-        if process.poll() is None:
-            process.kill()
-    lines.extend(process.stdout.readlines())
-    assert time.monotonic() - started < 2.0, "".join(lines[-20:])
-    assert code == 0, "".join(lines[-20:])
+    code, elapsed = child.stop()
+    assert elapsed < 2.0, child.tail()
+    assert code == 0, child.tail()
     assert any("stopped during start-up" in x for x in lines)

@@ -4,10 +4,6 @@ picture, an injected inference error is survived, and SIGTERM while waiting exit
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -23,7 +19,7 @@ from livediffusion.config import ServeConfig
 from livediffusion.controls import Controls
 from livediffusion.server import run_server
 from livediffusion_bridge import FrameSource, open_sink, open_source
-from loopback import free_udp_port
+from loopback import Child, free_udp_port
 
 pytestmark = pytest.mark.integration
 pytest.importorskip("NDIlib", reason="ndi-python (the NDI runtime) is not installed")
@@ -125,36 +121,17 @@ def test_a_sender_that_leaves_and_returns_at_another_size(
 
 
 def test_sigterm_while_waiting_for_a_sender_exits_cleanly(tiny_folder: Path) -> None:
-    command = [
-        sys.executable, "-m", "livediffusion", "serve",
+    child = Child(
+        "serve",
         "--source", f"ndi://ld-nobody-{uuid.uuid4().hex[:8]}",
         "--sink", f"ndi://ld-waiting-{uuid.uuid4().hex[:8]}",
         "--weights", str(tiny_folder), "--size", "64", "--device", "cpu",
         "--osc-port", str(free_udp_port()), "--status-interval", "0.2",
-    ]  # fmt: skip
-    process = subprocess.Popen(
-        command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )  # fmt: skip
-    lines: list[str] = []
-    waiting = threading.Event()
-
-    def read() -> None:
-        assert process.stdout is not None
-        for line in process.stdout:
-            lines.append(line)
-            if "waiting for NDI sender" in line:
-                waiting.set()
-
-    threading.Thread(target=read, daemon=True).start()
     try:
-        assert waiting.wait(90), "".join(lines[-20:])
-        started = time.monotonic()
-        process.send_signal(signal.SIGTERM)
-        code = process.wait(timeout=10)
-        elapsed = time.monotonic() - started
+        assert child.wait_for("waiting for NDI sender", 90), child.tail()
+        code, elapsed = child.stop()
     finally:
-        if process.poll() is None:
-            process.kill()
-    assert code == 0, "".join(lines[-20:])
+        child.kill()
+    assert code == 0, child.tail()
     assert elapsed < 2.0

@@ -4,56 +4,26 @@ Ctrl-C) within 2 s, without the C++ runtime aborting."""
 
 from __future__ import annotations
 
-import os
+import re
 import signal
-import subprocess
-import sys
-import threading
 import time
 
 import pytest
 
-from loopback import free_udp_port
+from loopback import Child, free_udp_port
 
 pytestmark = pytest.mark.integration
 
 
-def _serve_until(marker: str) -> tuple[subprocess.Popen[str], list[str]]:
-    command = [
-        sys.executable, "-m", "livediffusion", "serve",
-        "--source", "test://pattern", "--sink", "memory://out",
+def _serve_until(marker: str) -> Child:
+    child = Child(
+        "serve", "--source", "test://pattern", "--sink", "memory://out",
         "--weights", "random", "--device", "cpu", "--osc-port", str(free_udp_port()),
-    ]  # fmt: skip
-    process = subprocess.Popen(
-        command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )  # fmt: skip
-    lines: list[str] = []
-    seen = threading.Event()
-
-    def read() -> None:
-        assert process.stdout is not None
-        for line in process.stdout:
-            lines.append(line)
-            if marker in line:
-                seen.set()
-
-    threading.Thread(target=read, daemon=True).start()
-    if not seen.wait(180):
-        process.kill()
-        raise AssertionError("".join(lines[-20:]))
-    return process, lines
-
-
-def _stop(process: subprocess.Popen[str], sig: signal.Signals) -> tuple[int, float]:
-    started = time.monotonic()
-    process.send_signal(sig)
-    try:
-        code = process.wait(timeout=15)
-    finally:
-        if process.poll() is None:
-            process.kill()
-    return code, time.monotonic() - started
+    if child.wait_for(re.escape(marker), 180) is None:
+        child.kill()
+        raise AssertionError(child.tail())
+    return child
 
 
 @pytest.mark.parametrize(
@@ -66,11 +36,10 @@ def _stop(process: subprocess.Popen[str], sig: signal.Signals) -> tuple[int, flo
 def test_a_stop_is_clean_and_quick(
     marker: str, sig: signal.Signals, codes: tuple[int, ...]
 ) -> None:
-    process, lines = _serve_until(marker)
+    child = _serve_until(marker)
     time.sleep(1.0)  # well inside the next frame (or the warm-up): seconds each on this CPU
-    code, elapsed = _stop(process, sig)
-    time.sleep(0.2)
-    output = "".join(lines[-20:])
+    code, elapsed = child.stop(sig, timeout=15)
+    output = child.tail()
     assert code in codes, output
     assert elapsed < 2.0, f"took {elapsed:.2f} s\n{output}"
     assert "terminate called" not in output and "Traceback" not in output, output
