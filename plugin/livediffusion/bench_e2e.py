@@ -20,7 +20,6 @@ import dataclasses
 import logging
 import multiprocessing
 import os
-import socket
 import threading
 import time
 from dataclasses import dataclass
@@ -31,6 +30,7 @@ import numpy as np
 import numpy.typing as npt
 
 from livediffusion.config import ServeConfig
+from livediffusion.soak import free_udp_port
 
 __all__ = ["BITS", "E2EResult", "decode_number", "encode_number", "format_e2e", "run_e2e"]
 
@@ -181,12 +181,6 @@ def _host(
 # -- the server, in this process ---------------------------------------------------------------
 
 
-def _free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def run_e2e(
     config: ServeConfig,
     *,
@@ -209,7 +203,7 @@ def run_e2e(
         config,
         source=f"ndi://{in_name}",
         sink=f"ndi://{out_name}?fps={feed_fps:g}",
-        osc_port=_free_udp_port(),
+        osc_port=free_udp_port(),
         controls=dataclasses.replace(config.controls, blend=1.0),
         duration=None,
         status_interval=5.0,

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from livediffusion.bench import _percentile, _picture
 from livediffusion.config import ServeConfig
 
 if TYPE_CHECKING:
@@ -66,10 +67,6 @@ class ModeTiming:
         return self.gflop / self.ms_mean  # GFLOP per ms is TFLOP per s
 
 
-def _percentile(values: list[float], q: float) -> float:
-    return float(np.percentile(np.asarray(values), q))
-
-
 def _time(run: Callable[[], None], frames: int) -> tuple[float, float, float]:
     samples = []
     for _ in range(frames):
@@ -103,12 +100,6 @@ def _peak(device: torch.device) -> Iterator[list[float]]:
     yield box
     if device.type == "cuda":
         box.append(torch.cuda.max_memory_allocated(device) / 1024**3)
-
-
-def _picture(height: int, width: int) -> np.ndarray:
-    from livediffusion.bench import _picture as picture
-
-    return picture(height, width)
 
 
 def _synchronize(device: torch.device) -> None:

@@ -402,7 +402,8 @@ def _count_steps(backend: Any, counters: _Counters) -> None:
     setattr(backend, "step", step)  # noqa: B010 (an instance attribute over the method)
 
 
-def _free_udp_port() -> int:
+def free_udp_port() -> int:
+    """A UDP port on 127.0.0.1 free right now: the OSC port of a server run in-process."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
@@ -745,7 +746,7 @@ class _Soak:
             backend="torch",
             device="cpu",
             size=(self.size, self.size),
-            osc_port=_free_udp_port(),
+            osc_port=free_udp_port(),
             status_interval=3600.0,  # the soak prints its own progress
         )
         target = []
