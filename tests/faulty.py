@@ -48,7 +48,7 @@ class Faulty(Backend):
             raise torch.OutOfMemoryError("CUDA out of memory (injected)")
         self.inner.step(pixels, params, out=out)
 
-    def passthrough(self, pixels: Any, *, out: Any) -> None:
+    def passthrough(self, pixels: Any, *, out: Any, stream: int = 0) -> None:
         self.inner.passthrough(pixels, out=out)
 
     def stage_timers(self) -> Mapping[str, Callable[[], None]]:

@@ -23,6 +23,11 @@ sqrt(sigma^2 + 1)`` equals ``sqrt(a_t) * x + sqrt(1 - a_t) * n``, and its one st
 Two of the inputs glide: the prompt embedding is ``lerp(embeds_from, embeds_to, prompt_mix)``,
 and the noise is ``cos * noise_from + sin * noise_to`` (variance stays 1 while the seed changes),
 so neither a new prompt nor a new seed ever produces a jump.
+
+Several streams run as one batch: row ``k`` of every input is stream ``k``'s picture, noise,
+prompt and state, and row ``k`` of ``controls`` (``(streams, NUM_CONTROLS)``) its scalars, so
+each stream has its own timestep, feedback, smoothing, blend and glides in the same call. A
+single ``(NUM_CONTROLS,)`` vector is one stream (what the Core ML programs take).
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["STEP_OUTPUTS", "Control", "FrameStep", "step_inputs"]
+__all__ = ["NUM_CONTROLS", "STEP_OUTPUTS", "Control", "FrameStep", "step_inputs"]
 
 
 class Control(IntEnum):
@@ -91,20 +96,25 @@ class FrameStep(nn.Module):
         controls: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Returns ``(output, x0, smoothed)``: show ``output``, feed back the other two."""
-        timestep = controls[Control.TIMESTEP]
-        sqrt_alpha = controls[Control.SQRT_ALPHA]
-        sqrt_one_minus_alpha = controls[Control.SQRT_ONE_MINUS_ALPHA]
+        rows = controls.reshape(-1, NUM_CONTROLS)  # one row of scalars per stream
 
-        embeds = _lerp(embeds_from, embeds_to, controls[Control.PROMPT_MIX])
-        noise = noise_from * controls[Control.NOISE_FROM] + noise_to * controls[Control.NOISE_TO]
+        def per_image(column: Control) -> torch.Tensor:  # (streams, 1, 1, 1)
+            return rows[:, column].reshape(-1, 1, 1, 1)
+
+        timestep = rows[:, Control.TIMESTEP]
+        sqrt_alpha = per_image(Control.SQRT_ALPHA)
+        sqrt_one_minus_alpha = per_image(Control.SQRT_ONE_MINUS_ALPHA)
+
+        embeds = _lerp(embeds_from, embeds_to, rows[:, Control.PROMPT_MIX].reshape(-1, 1, 1))
+        noise = noise_from * per_image(Control.NOISE_FROM) + noise_to * per_image(Control.NOISE_TO)
 
         latents = self.vae.encode(image).latents * self.scaling_factor
-        clean = _lerp(latents, previous_x0, controls[Control.FEEDBACK])
+        clean = _lerp(latents, previous_x0, per_image(Control.FEEDBACK))
         noisy = sqrt_alpha * clean + sqrt_one_minus_alpha * noise
         eps = self.unet(noisy, timestep, encoder_hidden_states=embeds, return_dict=False)[0]
         x0 = (noisy - sqrt_one_minus_alpha * eps) / sqrt_alpha
 
         decoded = self.vae.decode(x0 / self.scaling_factor).sample.clamp(-1.0, 1.0)
-        smoothed = _lerp(decoded, previous_output, controls[Control.SMOOTHING])
-        output = _lerp(smoothed, image, controls[Control.BLEND])
+        smoothed = _lerp(decoded, previous_output, per_image(Control.SMOOTHING))
+        output = _lerp(smoothed, image, per_image(Control.BLEND))
         return output, x0, smoothed

@@ -65,7 +65,7 @@ def test_a_control_change_shows_in_the_next_frame_without_recapture(
     out_e, out_g = np.empty_like(picture), np.empty_like(picture)
     graph.step(picture, FrameParams(), out=out_g)
     eager.step(picture, FrameParams(), out=out_e)
-    captured = graph._shape.graph
+    captured = graph._graph
     assert captured is not None
     before = out_g.copy()
     changes: list[tuple[str, Callable[[Any], None], FrameParams]] = [
@@ -85,7 +85,7 @@ def test_a_control_change_shows_in_the_next_frame_without_recapture(
             change(backend)
             backend.step(picture, params, out=out)
         assert _differ(out_e, out_g) < 0.5, name  # the graph saw the change on this frame
-        assert graph._shape.graph is captured, name  # and was not captured again
+        assert graph._graph is captured, name  # and was not captured again
         # and the change did change the picture (a tiny random model barely heeds prompts
         # and feedback: 0.08 and 0.46 levels on the CPU, so the bar is low but not zero)
         assert _differ(before, out_g) > 0.02, name
@@ -104,7 +104,7 @@ def test_a_new_picture_size_is_captured_again_and_still_matches(
         for backend, out in zip((eager, graph), outs, strict=True):
             backend.step(picture, FrameParams(strength=0.9), out=out)
         assert graph.mode == "graph"
-        assert graph._shape.geometry.input_size == (height, width)
+        assert graph._shapes[0].geometry.input_size == (height, width)
         assert _differ(*outs) < 0.5
     eager.close()
     graph.close()

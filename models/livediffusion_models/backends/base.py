@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import abc
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeAlias
 
@@ -99,9 +99,18 @@ class Backend(abc.ABC):
 
     ``encode_prompt`` may be called from another thread while frames run, so a new prompt is
     encoded without stalling the picture.
+
+    A backend may serve several streams (:attr:`streams`): each has its own prompts, seed and
+    temporal state, named by ``stream=k``, and :meth:`step_many` runs one frame of each stream
+    that has one in a single batch.
     """
 
     name: str
+
+    @property
+    def streams(self) -> int:
+        """How many streams this backend holds state for (1 unless built for more)."""
+        return 1
 
     @property
     @abc.abstractmethod
@@ -114,7 +123,12 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     def set_prompt(
-        self, embedding: Embedding, *, from_mix: float = 1.0, slot: PromptSlot = "a"
+        self,
+        embedding: Embedding,
+        *,
+        from_mix: float = 1.0,
+        slot: PromptSlot = "a",
+        stream: int = 0,
     ) -> None:
         """Start fading to ``embedding`` from whatever was showing at ``from_mix``.
 
@@ -123,19 +137,46 @@ class Backend(abc.ABC):
         """
 
     @abc.abstractmethod
-    def set_seed(self, seed: int, *, from_mix: float = 1.0) -> None:
+    def set_seed(self, seed: int, *, from_mix: float = 1.0, stream: int = 0) -> None:
         """Start fading to the fixed noise of ``seed``; like :meth:`set_prompt`."""
 
     @abc.abstractmethod
-    def reset(self) -> None:
-        """Forget the temporal state: the next frame uses no feedback and no smoothing."""
+    def reset(self, stream: int | None = None) -> None:
+        """Forget the temporal state (of one stream, or of all): the next frame uses no
+        feedback and no smoothing."""
 
     @abc.abstractmethod
     def step(self, pixels: Pixels, params: FrameParams, *, out: Pixels) -> None:
-        """Process one RGBA frame of any size into ``out`` (RGBA, any size)."""
+        """Process one RGBA frame of any size into ``out`` (RGBA, any size); stream 0."""
+
+    def step_many(
+        self,
+        pixels: Sequence[Pixels | None],
+        params: Sequence[FrameParams | None],
+        *,
+        out: Sequence[Pixels | None],
+    ) -> list[Exception | None]:
+        """One frame of every stream that has one (``pixels[k]`` None: stream ``k`` waits).
+
+        Returns one entry per stream: None, or why that stream's frame failed (its ``out`` is
+        then unspecified). A failure of one stream's picture (NaN) never fails the others.
+        A backend of one stream runs :meth:`step`.
+        """
+        if len(pixels) != 1 or self.streams != 1:
+            raise ValueError(f"{type(self).__name__} serves one stream, got {len(pixels)}")
+        frame, values, target = pixels[0], params[0], out[0]
+        if frame is None:
+            return [None]
+        if values is None or target is None:
+            raise ValueError("a stream with a frame needs its params and out")
+        try:
+            self.step(frame, values, out=target)
+        except Exception as exc:
+            return [exc]
+        return [None]
 
     @abc.abstractmethod
-    def passthrough(self, pixels: Pixels, *, out: Pixels) -> None:
+    def passthrough(self, pixels: Pixels, *, out: Pixels, stream: int = 0) -> None:
         """Scale the input into ``out`` as the model path would frame it, with no model."""
 
     @abc.abstractmethod

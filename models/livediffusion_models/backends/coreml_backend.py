@@ -280,7 +280,7 @@ class CoreMLBackend(StepInputsBackend):
         self._result.copy_(self.inputs.run(self._frame_step, self._image))
 
     @torch.inference_mode()
-    def passthrough(self, pixels: Pixels, *, out: Pixels) -> None:
+    def passthrough(self, pixels: Pixels, *, out: Pixels, stream: int = 0) -> None:
         geometry = self._geometry_for(pixels, out)
         self._to_model(pixels, geometry)
         to_pixels(self._image, geometry, out=torch.from_numpy(out))

@@ -24,7 +24,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal, TypeAlias
@@ -116,34 +116,46 @@ def _event() -> torch.cuda.Event:
 
 
 class FrameGraph:
-    """One picture size's whole frame, captured once and replayed for every frame.
+    """One set of picture sizes' whole frame, captured once and replayed for every frame.
 
-    ``frame`` is a function of static device buffers only (it reads ``pixels_in`` and writes
-    ``pixels_out`` and ``finite``); uploads and downloads go through two pinned host slots on
-    their own stream, alternating, so a slot is never rewritten while a copy may still read it.
-    The one wait per frame is for the download of this frame, with the GIL released.
+    ``frame`` is a function of static device buffers only (it reads each stream's
+    ``pixels_in`` and writes its ``pixels_out`` and the per-stream ``finite`` flags); uploads
+    and downloads go through two pinned host slots per stream on their own stream,
+    alternating, so a slot is never rewritten while a copy may still read it. The one wait per
+    frame is for this frame's downloads, with the GIL released. A stream without a new frame
+    is neither uploaded nor downloaded: its row runs in the batch (the graph's batch is fixed)
+    and its temporal state is kept by the step itself.
     """
 
     def __init__(
         self,
         frame: Callable[[], None],
         *,
-        pixels_in: torch.Tensor,
-        pixels_out: torch.Tensor,
+        pixels_in: Sequence[torch.Tensor],
+        pixels_out: Sequence[torch.Tensor],
         finite: torch.Tensor,
         keep: tuple[torch.Tensor, ...],
     ) -> None:
         """``keep``: state the warm-up replays would advance (the temporal state); it is
         saved before and restored after capture, so capturing never changes the picture."""
-        self.pixels_in = pixels_in
-        self.pixels_out = pixels_out
+        if len(pixels_in) != len(pixels_out):
+            raise ValueError("one input and one output buffer per stream")
+        self.pixels_in = list(pixels_in)
+        self.pixels_out = list(pixels_out)
         self.finite = finite
-        self._copy = _stream(pixels_in.device)
-        self._in = [torch.empty_like(pixels_in, device="cpu").pin_memory() for _ in range(2)]
-        self._out = [torch.empty_like(pixels_out, device="cpu").pin_memory() for _ in range(2)]
-        self._finite = [torch.ones(1, dtype=torch.bool).pin_memory() for _ in range(2)]
-        self._in_np = [buffer.numpy() for buffer in self._in]
-        self._out_np = [buffer.numpy() for buffer in self._out]
+        self._copy = _stream(finite.device)
+        self._in = [
+            [torch.empty_like(buffer, device="cpu").pin_memory() for _ in range(2)]
+            for buffer in self.pixels_in
+        ]
+        self._out = [
+            [torch.empty_like(buffer, device="cpu").pin_memory() for _ in range(2)]
+            for buffer in self.pixels_out
+        ]
+        self._finite = [torch.ones_like(finite, device="cpu").pin_memory() for _ in range(2)]
+        self._in_np = [[slot.numpy() for slot in slots] for slots in self._in]
+        self._out_np = [[slot.numpy() for slot in slots] for slots in self._out]
+        self._finite_np = [slot.numpy() for slot in self._finite]
         self._uploaded = _event()
         self._replayed = _event()
         self._downloaded = [_event(), _event()]
@@ -169,24 +181,44 @@ class FrameGraph:
         return graph
 
     def run(self, pixels: Pixels, out: Pixels) -> bool:
-        """Upload ``pixels``, replay, download into ``out``; returns whether it was finite."""
+        """One stream: upload ``pixels``, replay, download into ``out``; whether it was finite."""
+        return self.run_many((pixels,), (out,))[0]
+
+    def run_many(self, pixels: Sequence[Pixels | None], out: Sequence[Pixels | None]) -> list[bool]:
+        """Upload each stream's new picture, replay, download the active streams' outputs.
+
+        Returns per stream whether its output was finite (True for a stream that waits).
+        """
         turn = self._turn
         self._turn ^= 1
-        np.copyto(self._in_np[turn], pixels)  # this slot's last upload finished a frame ago
         compute = torch.cuda.current_stream()
         copy = self._copy
+        for stream, picture in enumerate(pixels):
+            if picture is not None:  # this slot's last upload finished a frame ago
+                np.copyto(self._in_np[stream][turn], picture)
         with torch.cuda.stream(copy):
             copy.wait_event(self._replayed)  # the last replay no longer reads pixels_in
-            self.pixels_in.copy_(self._in[turn], non_blocking=True)
+            for stream, picture in enumerate(pixels):
+                if picture is not None:
+                    self.pixels_in[stream].copy_(self._in[stream][turn], non_blocking=True)
             self._uploaded.record(copy)
         compute.wait_event(self._uploaded)
         self.graph.replay()
         self._replayed.record(compute)
         with torch.cuda.stream(copy):
             copy.wait_event(self._replayed)
-            self._out[turn].copy_(self.pixels_out, non_blocking=True)
+            for stream, target in enumerate(out):
+                if target is not None and pixels[stream] is not None:
+                    self._out[stream][turn].copy_(self.pixels_out[stream], non_blocking=True)
             self._finite[turn].copy_(self.finite, non_blocking=True)
             self._downloaded[turn].record(copy)
         self._downloaded[turn].synchronize()  # the slot hand-off; releases the GIL
-        np.copyto(out, self._out_np[turn])
-        return bool(self._finite[turn].item())
+        finite = self._finite_np[turn]
+        results = []
+        for stream, target in enumerate(out):
+            if target is not None and pixels[stream] is not None:
+                np.copyto(target, self._out_np[stream][turn])
+                results.append(bool(finite[stream]))
+            else:
+                results.append(True)
+        return results

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import threading
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -23,7 +24,14 @@ __all__ = ["StepInputs", "StepInputsBackend", "TextEncoder", "clamp01", "seed_we
 
 
 class StepInputs:
-    """Noise and prompt glide endpoints, the controls vector and the temporal-state flag."""
+    """Noise and prompt glide endpoints, the controls, the temporal state and its flags.
+
+    ``streams`` rows, one per stream: every tensor's first dimension is the stream, and every
+    per-stream call names its row (``stream=k``). One stream is the common case and costs
+    nothing extra; with several, a stream without a new frame this time is *inactive*: its row
+    still runs through the batched step (a captured graph has a fixed batch) but its temporal
+    state is kept as it was, so it continues exactly where it stopped.
+    """
 
     def __init__(
         self,
@@ -35,15 +43,19 @@ class StepInputs:
         device: torch.device,
         dtype: torch.dtype,
         seed: int = 0,
+        streams: int = 1,
     ) -> None:
+        if streams < 1:
+            raise ValueError(f"streams must be at least 1, got {streams}")
         self.device = device
         self.dtype = dtype
         self.schedule = schedule
-        self.latent_shape = latent_shape
-        self.embed_shape = embed_shape
+        self.streams = streams
+        self.latent_shape = (1, *latent_shape[1:])  # one stream's
+        self.embed_shape = (1, *embed_shape[1:])
 
         def zeros(shape: tuple[int, ...]) -> torch.Tensor:
-            return torch.zeros(shape, device=device, dtype=dtype)
+            return torch.zeros((streams, *shape[1:]), device=device, dtype=dtype)
 
         self.noise_from = zeros(latent_shape)
         self.noise_to = zeros(latent_shape)
@@ -51,61 +63,90 @@ class StepInputs:
         self.embeds_to = zeros(embed_shape)  # prompt A, or A morphed towards B
         self.prompt_a = zeros(embed_shape)
         self.prompt_b = zeros(embed_shape)
-        self.has_b = False
-        self.morph = 0.0
         self.previous_x0 = zeros(latent_shape)
         self.previous_output = zeros(image_shape)
+        self.has_b = [False] * streams
+        self.morph = [0.0] * streams
+        self.has_prompt = [False] * streams
+        self.fresh = [True] * streams
         pin = device.type == "cuda"
-        self._controls_host = torch.zeros(NUM_CONTROLS, dtype=torch.float32, pin_memory=pin)
+        self._controls_host = torch.zeros(
+            (streams, NUM_CONTROLS), dtype=torch.float32, pin_memory=pin
+        )
         self._controls_np = self._controls_host.numpy()  # writes without torch's dispatch
         # float32 always: the timestep (up to 999) and sqrt(a_t) lose too much in half precision
-        self.controls = (
+        rows = (
             self._controls_host
             if device.type == "cpu"
-            else torch.zeros(NUM_CONTROLS, dtype=torch.float32, device=device)
+            else torch.zeros((streams, NUM_CONTROLS), dtype=torch.float32, device=device)
         )
-        self.has_prompt = False
-        self.fresh = True
-        self._fill_noise(self.noise_to, seed)
+        self._controls_rows = rows
+        # one stream: the plain (NUM_CONTROLS,) vector, as the Core ML programs take it
+        self.controls = rows[0] if streams == 1 else rows
+        # which rows take this frame's results into their temporal state (several streams only)
+        self._active_host = torch.ones((streams, 1, 1, 1), dtype=torch.bool, pin_memory=pin)
+        self._active_np = self._active_host.numpy()
+        self.active = (
+            self._active_host
+            if device.type == "cpu"
+            else torch.ones((streams, 1, 1, 1), dtype=torch.bool, device=device)
+        )
+        for stream in range(streams):
+            self._fill_noise(self.noise_to[stream : stream + 1], seed)
         self.noise_from.copy_(self.noise_to)
+
+    def _check(self, stream: int) -> None:
+        if not 0 <= stream < self.streams:
+            raise IndexError(f"stream {stream} does not exist (0..{self.streams - 1})")
 
     # -- prompts and seeds -------------------------------------------------------------------
 
     @torch.inference_mode()
     def set_prompt(
-        self, embedding: Embedding, *, from_mix: float = 1.0, slot: PromptSlot = "a"
+        self,
+        embedding: Embedding,
+        *,
+        from_mix: float = 1.0,
+        slot: PromptSlot = "a",
+        stream: int = 0,
     ) -> None:
         """The first prompt is set outright; later ones glide from what is showing.
 
         The glide's target is prompt A morphed towards prompt B by :attr:`morph`, so changing
         either prompt fades, and a morph fader moves the target in place (one lerp, no glide).
         """
+        self._check(stream)
         embedding = torch.as_tensor(embedding).to(device=self.device, dtype=self.dtype)
         if tuple(embedding.shape) != self.embed_shape:
             raise ValueError(
                 f"prompt embedding has shape {tuple(embedding.shape)}, "
                 f"the model wants {self.embed_shape}"
             )
-        target = self.prompt_a if slot == "a" else self.prompt_b
-        if self.has_prompt:
-            self.embeds_from.lerp_(self.embeds_to, clamp01(from_mix))
+        row = slice(stream, stream + 1)
+        target = (self.prompt_a if slot == "a" else self.prompt_b)[row]
+        if self.has_prompt[stream]:
+            self.embeds_from[row].lerp_(self.embeds_to[row], clamp01(from_mix))
         target.copy_(embedding)
-        self.has_b = self.has_b or slot == "b"
-        self._mix_into(self.embeds_to)
-        if not self.has_prompt and slot == "a":
-            self.embeds_from.copy_(self.embeds_to)
-            self.has_prompt = True
+        self.has_b[stream] = self.has_b[stream] or slot == "b"
+        self._mix_into(stream)
+        if not self.has_prompt[stream] and slot == "a":
+            self.embeds_from[row].copy_(self.embeds_to[row])
+            self.has_prompt[stream] = True
 
-    def _mix_into(self, out: torch.Tensor) -> None:
-        out.copy_(self.prompt_a)
-        if self.has_b and self.morph > 0.0:
-            out.lerp_(self.prompt_b, self.morph)
+    def _mix_into(self, stream: int) -> None:
+        row = slice(stream, stream + 1)
+        out = self.embeds_to[row]
+        out.copy_(self.prompt_a[row])
+        if self.has_b[stream] and self.morph[stream] > 0.0:
+            out.lerp_(self.prompt_b[row], self.morph[stream])
 
     @torch.inference_mode()
-    def set_seed(self, seed: int, *, from_mix: float = 1.0) -> None:
+    def set_seed(self, seed: int, *, from_mix: float = 1.0, stream: int = 0) -> None:
+        self._check(stream)
+        row = slice(stream, stream + 1)
         cos, sin = seed_weights(from_mix)
-        self.noise_from.mul_(cos).add_(self.noise_to, alpha=sin)
-        self._fill_noise(self.noise_to, seed)
+        self.noise_from[row].mul_(cos).add_(self.noise_to[row], alpha=sin)
+        self._fill_noise(self.noise_to[row], seed)
 
     def _fill_noise(self, target: torch.Tensor, seed: int) -> None:
         # Drawn on the CPU: the same seed gives the same noise on every device and backend.
@@ -115,46 +156,68 @@ class StepInputs:
 
     # -- per frame ---------------------------------------------------------------------------
 
-    def reset(self) -> None:
-        self.fresh = True
+    def reset(self, stream: int | None = None) -> None:
+        """Forget one stream's temporal state (``None``: every stream's) from the next frame."""
+        for row in range(self.streams) if stream is None else (stream,):
+            self._check(row)
+            self.fresh[row] = True
 
     @torch.inference_mode()
-    def clear_state(self) -> None:
+    def clear_state(self, stream: int | None = None) -> None:
         """Zero the temporal state and start afresh: after a frame that went NaN, a reset
         alone is not enough (feedback 0 still multiplies the NaNs by 0, which is NaN)."""
-        self.previous_x0.zero_()
-        self.previous_output.zero_()
-        self.fresh = True
+        rows = range(self.streams) if stream is None else (stream,)
+        for row in rows:
+            self._check(row)
+            self.previous_x0[row].zero_()
+            self.previous_output[row].zero_()
+            self.fresh[row] = True
 
     def update_controls(self, params: FrameParams) -> torch.Tensor:
-        """Write this frame's controls vector (one host write, one upload) and return it.
+        """One stream's frame: :meth:`update_rows` with that stream's values."""
+        return self.update_rows((params,))
 
+    def update_rows(self, params: Sequence[FrameParams | None]) -> torch.Tensor:
+        """Write this frame's controls (one host write, one upload) and return them.
+
+        ``params[k]`` is stream ``k``'s values, or None for a stream without a new frame: its
+        row keeps its last values and its temporal state is left untouched by :meth:`run`.
         Right after start or :meth:`reset` feedback and smoothing are forced to 0, so no frame
         is ever mixed with stale or empty temporal state. Call once per frame; it clears the
-        fresh flag.
+        fresh flag of every active stream.
         """
-        if not self.has_prompt:
-            raise RuntimeError("set_prompt() must be called before the first frame")
-        morph = clamp01(params.morph) if self.has_b else 0.0
-        if morph != self.morph:
-            self.morph = morph
-            with torch.inference_mode():
-                self._mix_into(self.embeds_to)
-        level = self.schedule.at_strength(params.strength)
-        cos, sin = seed_weights(params.seed_mix)
+        if len(params) != self.streams:
+            raise ValueError(f"{len(params)} streams' values for {self.streams} streams")
         host = self._controls_np
-        host[Control.TIMESTEP] = level.timestep
-        host[Control.SQRT_ALPHA] = level.sqrt_alpha
-        host[Control.SQRT_ONE_MINUS_ALPHA] = level.sqrt_one_minus_alpha
-        host[Control.FEEDBACK] = 0.0 if self.fresh else clamp01(params.feedback)
-        host[Control.SMOOTHING] = 0.0 if self.fresh else clamp01(params.smoothing)
-        host[Control.BLEND] = clamp01(params.blend)
-        host[Control.PROMPT_MIX] = clamp01(params.prompt_mix)
-        host[Control.NOISE_FROM] = cos
-        host[Control.NOISE_TO] = sin
-        if self.controls is not self._controls_host:
-            self.controls.copy_(self._controls_host, non_blocking=True)
-        self.fresh = False
+        for stream, values in enumerate(params):
+            self._active_np[stream] = values is not None
+            if values is None:
+                continue
+            if not self.has_prompt[stream]:
+                raise RuntimeError(f"set_prompt(stream={stream}) must come before its first frame")
+            morph = clamp01(values.morph) if self.has_b[stream] else 0.0
+            if morph != self.morph[stream]:
+                self.morph[stream] = morph
+                with torch.inference_mode():
+                    self._mix_into(stream)
+            level = self.schedule.at_strength(values.strength)
+            cos, sin = seed_weights(values.seed_mix)
+            fresh = self.fresh[stream]
+            row = host[stream]
+            row[Control.TIMESTEP] = level.timestep
+            row[Control.SQRT_ALPHA] = level.sqrt_alpha
+            row[Control.SQRT_ONE_MINUS_ALPHA] = level.sqrt_one_minus_alpha
+            row[Control.FEEDBACK] = 0.0 if fresh else clamp01(values.feedback)
+            row[Control.SMOOTHING] = 0.0 if fresh else clamp01(values.smoothing)
+            row[Control.BLEND] = clamp01(values.blend)
+            row[Control.PROMPT_MIX] = clamp01(values.prompt_mix)
+            row[Control.NOISE_FROM] = cos
+            row[Control.NOISE_TO] = sin
+            self.fresh[stream] = False
+        if self._controls_rows is not self._controls_host:
+            self._controls_rows.copy_(self._controls_host, non_blocking=True)
+            if self.streams > 1:
+                self.active.copy_(self._active_host, non_blocking=True)
         return self.controls
 
     def arguments(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -171,11 +234,19 @@ class StepInputs:
         )
 
     def run(self, frame_step: Any, image: torch.Tensor) -> torch.Tensor:
-        """One :class:`FrameStep` call on these inputs (after :meth:`update_controls`); keeps
-        its x0 and smoothed output as the next frame's temporal state, returns the output."""
+        """One :class:`FrameStep` call on these inputs (after :meth:`update_rows`); keeps
+        its x0 and smoothed output as the next frame's temporal state, returns the output.
+
+        With several streams an inactive row's state is kept (``where``, inside whatever graph
+        captures this call), so the batch never needs re-capturing when a stream waits.
+        """
         output, x0, smoothed = frame_step(*self.arguments(image))
-        self.previous_x0.copy_(x0)
-        self.previous_output.copy_(smoothed)
+        if self.streams == 1:
+            self.previous_x0.copy_(x0)
+            self.previous_output.copy_(smoothed)
+        else:
+            self.previous_x0.copy_(torch.where(self.active, x0, self.previous_x0))
+            self.previous_output.copy_(torch.where(self.active, smoothed, self.previous_output))
         result: torch.Tensor = output
         return result
 
@@ -185,16 +256,25 @@ class StepInputsBackend(Backend):
 
     inputs: StepInputs
 
+    @property
+    def streams(self) -> int:
+        return self.inputs.streams
+
     def set_prompt(
-        self, embedding: Embedding, *, from_mix: float = 1.0, slot: PromptSlot = "a"
+        self,
+        embedding: Embedding,
+        *,
+        from_mix: float = 1.0,
+        slot: PromptSlot = "a",
+        stream: int = 0,
     ) -> None:
-        self.inputs.set_prompt(embedding, from_mix=from_mix, slot=slot)
+        self.inputs.set_prompt(embedding, from_mix=from_mix, slot=slot, stream=stream)
 
-    def set_seed(self, seed: int, *, from_mix: float = 1.0) -> None:
-        self.inputs.set_seed(seed, from_mix=from_mix)
+    def set_seed(self, seed: int, *, from_mix: float = 1.0, stream: int = 0) -> None:
+        self.inputs.set_seed(seed, from_mix=from_mix, stream=stream)
 
-    def reset(self) -> None:
-        self.inputs.reset()
+    def reset(self, stream: int | None = None) -> None:
+        self.inputs.reset(stream)
 
 
 class TextEncoder:

@@ -15,7 +15,8 @@ warning, rather than stopping the show.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeAlias
@@ -43,7 +44,7 @@ from livediffusion_models.backends.inputs import StepInputs, StepInputsBackend, 
 from livediffusion_models.errors import NonFiniteFrameError
 from livediffusion_models.imaging import Geometry, plan_geometry, to_model, to_pixels
 from livediffusion_models.schedule import NoiseSchedule
-from livediffusion_models.step import FrameStep
+from livediffusion_models.step import NUM_CONTROLS, FrameStep
 
 __all__ = ["RunMode", "TorchBackend", "TorchOptions", "resolve_device", "resolve_dtype"]
 
@@ -55,19 +56,29 @@ _DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torc
 
 
 def resolve_device(name: str = "auto") -> torch.device:
-    """``auto`` picks cuda, then mps, then cpu; a named device that is absent is an error."""
+    """``auto`` picks cuda, then mps, then cpu; ``cuda:N`` picks one GPU of several; a named
+    device that is absent is an error that says which devices there are."""
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
         if torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda: no CUDA GPU is visible to PyTorch")
-    if name == "mps" and not torch.backends.mps.is_available():
+    kind, _, index = name.partition(":")
+    if kind not in ("cuda", "mps", "cpu") or (index and (kind != "cuda" or not index.isdigit())):
+        raise ValueError(f"device must be auto, cuda, cuda:N, mps or cpu, got {name!r}")
+    if kind == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError(f"--device {name}: no CUDA GPU is visible to PyTorch")
+        count = torch.cuda.device_count()
+        if index and int(index) >= count:
+            raise RuntimeError(
+                f"--device {name}: PyTorch sees {count} CUDA GPU{'s' if count != 1 else ''} "
+                f"(cuda:0{f'..cuda:{count - 1}' if count > 1 else ''}); "
+                "CUDA_VISIBLE_DEVICES may hide the others"
+            )
+    if kind == "mps" and not torch.backends.mps.is_available():
         raise RuntimeError("--device mps: the Metal backend is not available (macOS + Apple GPU)")
-    if name not in ("cuda", "mps", "cpu"):
-        raise ValueError(f"device must be auto, cuda, mps or cpu, got {name!r}")
     return torch.device(name)
 
 
@@ -99,19 +110,20 @@ class TorchOptions(BackendOptions):
     """With ``compile`` on CUDA: capture the whole frame in one CUDA graph."""
     compile_cache: Path | None = None
     """Where torch.compile keeps its artifacts between runs (None: torch's own choice)."""
+    streams: int = 1
+    """How many streams run through the model as one batch, each with its own state."""
 
 
 @dataclass
 class _ShapeBuffers:
-    """Everything that depends on the input and output shape; rebuilt when either changes."""
+    """One stream's buffers that depend on its input and output shape; rebuilt when either
+    changes."""
 
     geometry: Geometry
     staging: torch.Tensor | None  # pinned host copy of the input (accelerators only)
     pixels_in: torch.Tensor  # (H, W, 4) uint8 on the device
     pixels_out: torch.Tensor  # (h, w, 4) uint8 on the device
-    finite: torch.Tensor  # () bool on the device: the last output had no NaN or inf
-    padded: bool = False  # whether self._image holds this geometry's letterbox padding
-    graph: FrameGraph | None = None  # graph mode: this size's captured frame
+    padded: bool = False  # whether this stream's row of the model image holds its padding
 
 
 class TorchBackend(StepInputsBackend):
@@ -154,20 +166,27 @@ class TorchBackend(StepInputsBackend):
         self._model: Any = compile_frame_step(self.frame_step, self._compile)
         self._compiled = self._compile == "off"  # the first call compiles; then it is known
         self.name = self._describe()
-        latent_shape = (1, int(unet.config.in_channels), height // scale, width // scale)
+        streams = options.streams
+        latent_shape = (streams, int(unet.config.in_channels), height // scale, width // scale)
         max_length = int(getattr(tokenizer, "model_max_length", 77))
         self.text = TextEncoder(text_encoder, tokenizer, device=self.device, tokens=max_length)
         self.inputs = StepInputs(
             latent_shape=latent_shape,
-            embed_shape=(1, max_length, int(unet.config.cross_attention_dim)),
-            image_shape=(1, 3, height, width),
+            embed_shape=(streams, max_length, int(unet.config.cross_attention_dim)),
+            image_shape=(streams, 3, height, width),
             schedule=NoiseSchedule.from_scheduler_config(scheduler_config),
             device=self.device,
             dtype=dtype,
             seed=options.seed,
+            streams=streams,
         )
-        self._image = torch.zeros((1, 3, height, width), device=self.device, dtype=dtype)
-        self._shape: _ShapeBuffers | None = None
+        self._image = torch.zeros((streams, 3, height, width), device=self.device, dtype=dtype)
+        # per stream: the model image's row, its shape buffers; the flags of the whole batch
+        self._rows = [self._image[k : k + 1] for k in range(streams)]
+        self._shapes: list[_ShapeBuffers | None] = [None] * streams
+        self._finite = torch.ones((streams,), dtype=torch.bool, device=self.device)
+        self._graph: FrameGraph | None = None  # graph mode: the captured frame ...
+        self._graph_key: tuple[Geometry, ...] = ()  # ... for these geometries
 
     @classmethod
     def from_components(cls, components: ModelComponents, options: TorchOptions) -> TorchBackend:
@@ -200,8 +219,7 @@ class TorchBackend(StepInputsBackend):
         self.mode = mode
         if mode == "eager":
             self._model = self.frame_step
-        if self._shape is not None:
-            self._shape.graph = None
+        self._graph = None
         self.name = self._describe()
 
     # -- prompts and seeds -------------------------------------------------------------
@@ -211,10 +229,10 @@ class TorchBackend(StepInputsBackend):
 
     # -- frames --------------------------------------------------------------------------
 
-    def _buffers_for(self, pixels: Pixels, out: Pixels) -> _ShapeBuffers:
+    def _buffers_for(self, stream: int, pixels: Pixels, out: Pixels) -> _ShapeBuffers:
         in_size = (int(pixels.shape[0]), int(pixels.shape[1]))
         out_size = (int(out.shape[0]), int(out.shape[1]))
-        current = self._shape
+        current = self._shapes[stream]
         if (
             current is not None
             and current.geometry.input_size == in_size
@@ -224,14 +242,30 @@ class TorchBackend(StepInputsBackend):
         geometry = plan_geometry(in_size, self._size, output_size=out_size, fit=self.fit)
         on_cpu = self.device.type == "cpu"
         staging = None if on_cpu else torch.empty((*in_size, 4), dtype=torch.uint8, pin_memory=True)
-        self._shape = _ShapeBuffers(
+        buffers = _ShapeBuffers(
             geometry=geometry,
             staging=staging,
             pixels_in=torch.empty((*in_size, 4), dtype=torch.uint8, device=self.device),
             pixels_out=torch.empty((*out_size, 4), dtype=torch.uint8, device=self.device),
-            finite=torch.ones((), dtype=torch.bool, device=self.device),
         )
-        return self._shape
+        self._shapes[stream] = buffers
+        return buffers
+
+    def _all_buffers(self) -> list[_ShapeBuffers]:
+        """Every stream's buffers; a stream that never had a frame gets the model's size, so
+        the batch can be captured before all streams have pictures (it is re-captured, in a
+        fraction of a second, once one arrives at another size)."""
+        height, width = self._size
+        return [
+            buffers
+            if buffers is not None
+            else self._buffers_for(
+                stream,
+                np.zeros((height, width, 4), dtype=np.uint8),
+                np.zeros((height, width, 4), dtype=np.uint8),
+            )
+            for stream, buffers in enumerate(self._shapes)
+        ]
 
     # -- compiled and captured ---------------------------------------------------------------
 
@@ -245,34 +279,43 @@ class TorchBackend(StepInputsBackend):
             self._fall_back("torch.compile", "eager", exc)
         self._compiled = True
 
-    def _device_frame(self, buffers: _ShapeBuffers) -> None:
-        """The whole frame on device buffers only: what the CUDA graph captures."""
-        to_model(buffers.pixels_in, buffers.geometry, out=self._image, pad=False)
+    def _device_frame(self, shapes: list[_ShapeBuffers]) -> None:
+        """The whole batch on device buffers only: what the CUDA graph captures."""
+        for row, buffers in zip(self._rows, shapes, strict=True):
+            to_model(buffers.pixels_in, buffers.geometry, out=row, pad=False)
         output = self.inputs.run(self._model, self._image)
-        to_pixels(output, buffers.geometry, out=buffers.pixels_out)
-        buffers.finite.copy_(torch.isfinite(output).all())
+        for stream, buffers in enumerate(shapes):
+            to_pixels(output[stream : stream + 1], buffers.geometry, out=buffers.pixels_out)
+        self._finite.copy_(torch.isfinite(output).flatten(1).all(dim=1))
 
-    def _graph_for(self, pixels: Pixels, buffers: _ShapeBuffers) -> FrameGraph | None:
-        if buffers.graph is not None:
-            return buffers.graph
+    def _graph_for(self, pixels: Sequence[Pixels | None]) -> FrameGraph | None:
+        shapes = self._all_buffers()
+        key = tuple(buffers.geometry for buffers in shapes)
+        if self._graph is not None and key == self._graph_key:
+            return self._graph
+        self._graph = None
         inputs = self.inputs
-        width, height = buffers.geometry.input_size[1], buffers.geometry.input_size[0]
+        sizes = ", ".join(f"{g.input_size[1]}x{g.input_size[0]}" for g in key)
         try:
-            with progress(f"capturing the frame for {width}x{height} input"):
-                buffers.pixels_in.copy_(torch.from_numpy(pixels))
-                to_model(buffers.pixels_in, buffers.geometry, out=self._image, pad=True)
-                buffers.padded = True
-                buffers.graph = FrameGraph(
-                    lambda: self._device_frame(buffers),
-                    pixels_in=buffers.pixels_in,
-                    pixels_out=buffers.pixels_out,
-                    finite=buffers.finite,
+            with progress(f"capturing the frame for {sizes} input"):
+                for stream, (row, buffers) in enumerate(zip(self._rows, shapes, strict=True)):
+                    picture = pixels[stream]
+                    if picture is not None:
+                        buffers.pixels_in.copy_(torch.from_numpy(picture))
+                    to_model(buffers.pixels_in, buffers.geometry, out=row, pad=True)
+                    buffers.padded = True
+                self._graph = FrameGraph(
+                    lambda: self._device_frame(shapes),
+                    pixels_in=[buffers.pixels_in for buffers in shapes],
+                    pixels_out=[buffers.pixels_out for buffers in shapes],
+                    finite=self._finite,
                     keep=(inputs.previous_x0, inputs.previous_output),
                 )
+                self._graph_key = key
         except Exception as exc:
             self._fall_back("capturing the CUDA graph", "compiled", exc)
             return None
-        return buffers.graph
+        return self._graph
 
     def _upload(self, pixels: Pixels, buffers: _ShapeBuffers) -> torch.Tensor:
         if buffers.staging is None:
@@ -281,10 +324,11 @@ class TorchBackend(StepInputsBackend):
         buffers.pixels_in.copy_(buffers.staging, non_blocking=True)
         return buffers.pixels_in
 
-    def _to_model(self, pixels: Pixels, buffers: _ShapeBuffers) -> None:
+    def _to_model(self, stream: int, pixels: Pixels, buffers: _ShapeBuffers) -> None:
         # The letterbox padding never changes for one geometry: paint it on its first frame.
         first = not buffers.padded
-        to_model(self._upload(pixels, buffers), buffers.geometry, out=self._image, pad=first)
+        row = self._rows[stream]
+        to_model(self._upload(pixels, buffers), buffers.geometry, out=row, pad=first)
         buffers.padded = True
 
     def _to_pixels(self, image: torch.Tensor, buffers: _ShapeBuffers, out: Pixels) -> None:
@@ -293,49 +337,105 @@ class TorchBackend(StepInputsBackend):
         if buffers.staging is not None:
             torch.from_numpy(out).copy_(target)
 
+    def _device(self) -> Any:
+        """Make this backend's GPU the thread's current one (``cuda:N``): streams, events and
+        graphs are made on the current device, and each thread has its own."""
+        return torch.cuda.device(self.device) if self.device.type == "cuda" else nullcontext()
+
     @torch.inference_mode()
     def step(self, pixels: Pixels, params: FrameParams, *, out: Pixels) -> None:
-        if not self._compiled:
-            self._compile_now()
-        self.inputs.update_controls(params)
-        buffers = self._buffers_for(pixels, out)
-        graph = self._graph_for(pixels, buffers) if self.mode == "graph" else None
-        if graph is not None:
-            finite = graph.run(pixels, out)
-        else:
-            self._to_model(pixels, buffers)
-            output = self.inputs.run(self._model, self._image)
-            queued = torch.isfinite(output).all()  # read after the download's sync
-            self._to_pixels(output, buffers, out)
-            finite = bool(queued)
-        if not finite:
-            self.inputs.clear_state()
-            raise NonFiniteFrameError(
-                "the model produced NaN or infinite values; the frame was skipped and the "
-                "temporal state cleared"
-            )
+        frames: list[Pixels | None] = [None] * self.streams
+        values: list[FrameParams | None] = [None] * self.streams
+        targets: list[Pixels | None] = [None] * self.streams
+        frames[0], values[0], targets[0] = pixels, params, out
+        error = self.step_many(frames, values, out=targets)[0]
+        if error is not None:
+            raise error
 
     @torch.inference_mode()
-    def passthrough(self, pixels: Pixels, *, out: Pixels) -> None:
-        buffers = self._buffers_for(pixels, out)
-        self._to_model(pixels, buffers)
-        self._to_pixels(self._image, buffers, out)
+    def step_many(
+        self,
+        pixels: Sequence[Pixels | None],
+        params: Sequence[FrameParams | None],
+        *,
+        out: Sequence[Pixels | None],
+    ) -> list[Exception | None]:
+        if not len(pixels) == len(params) == len(out) == self.streams:
+            raise ValueError(f"step_many wants {self.streams} entries per argument")
+        if all(picture is None for picture in pixels):
+            return [None] * self.streams
+        with self._device():
+            return self._step_many(pixels, params, out)
+
+    def _step_many(
+        self,
+        pixels: Sequence[Pixels | None],
+        params: Sequence[FrameParams | None],
+        out: Sequence[Pixels | None],
+    ) -> list[Exception | None]:
+        if not self._compiled:
+            self._compile_now()
+        for stream, picture in enumerate(pixels):
+            target = out[stream]
+            if picture is not None:
+                if target is None or params[stream] is None:
+                    raise ValueError(f"stream {stream} has a frame but no params or out")
+                self._buffers_for(stream, picture, target)
+        self.inputs.update_rows(
+            [p if pixels[k] is not None else None for k, p in enumerate(params)]
+        )
+        graph = self._graph_for(pixels) if self.mode == "graph" else None
+        if graph is not None:
+            finite = graph.run_many(pixels, out)
+        else:
+            for stream, picture in enumerate(pixels):
+                buffers = self._shapes[stream]
+                if picture is not None and buffers is not None:
+                    self._to_model(stream, picture, buffers)
+            output = self.inputs.run(self._model, self._image)
+            queued = torch.isfinite(output).flatten(1).all(dim=1)  # read after the downloads
+            for stream, picture in enumerate(pixels):
+                buffers, target = self._shapes[stream], out[stream]
+                if picture is not None and buffers is not None and target is not None:
+                    self._to_pixels(output[stream : stream + 1], buffers, target)
+            flags = queued.tolist()
+            finite = [bool(flags[k]) or pixels[k] is None for k in range(self.streams)]
+        errors: list[Exception | None] = []
+        for stream, ok in enumerate(finite):
+            if ok:
+                errors.append(None)
+                continue
+            self.inputs.clear_state(stream)
+            errors.append(
+                NonFiniteFrameError(
+                    "the model produced NaN or infinite values; the frame was skipped and the "
+                    "temporal state cleared"
+                )
+            )
+        return errors
+
+    @torch.inference_mode()
+    def passthrough(self, pixels: Pixels, *, out: Pixels, stream: int = 0) -> None:
+        with self._device():
+            buffers = self._buffers_for(stream, pixels, out)
+            self._to_model(stream, pixels, buffers)
+            self._to_pixels(self._rows[stream], buffers, out)
 
     def stage_timers(self) -> Mapping[str, StageTimer]:
-        if self._shape is None:
+        buffers = self._shapes[0]
+        if buffers is None:
             raise RuntimeError("run one step() before timing its stages")
-        buffers = self._shape
         pixels = np.full((*buffers.geometry.input_size, 4), 128, dtype=np.uint8)
         out = np.empty((*buffers.geometry.output_size, 4), dtype=np.uint8)
         vae, unet = self.frame_step.vae, self.frame_step.unet
         device = self.device
-        controls = self.inputs.controls
+        timestep = self.inputs.controls.reshape(-1, NUM_CONTROLS)[:, 0]
         latents = self.inputs.previous_x0.clone()
         embeds = self.inputs.embeds_to
 
         @torch.inference_mode()
         def pre() -> None:
-            self._to_model(pixels, buffers)
+            self._to_model(0, pixels, buffers)
             synchronize(device)
 
         @torch.inference_mode()
@@ -345,7 +445,7 @@ class TorchBackend(StepInputsBackend):
 
         @torch.inference_mode()
         def denoise() -> None:
-            unet(latents, controls[0], encoder_hidden_states=embeds, return_dict=False)
+            unet(latents, timestep, encoder_hidden_states=embeds, return_dict=False)
             synchronize(device)
 
         @torch.inference_mode()
@@ -355,7 +455,7 @@ class TorchBackend(StepInputsBackend):
 
         @torch.inference_mode()
         def post() -> None:
-            self._to_pixels(self.inputs.previous_output, buffers, out)
+            self._to_pixels(self.inputs.previous_output[:1], buffers, out)
             synchronize(device)
 
         @torch.inference_mode()
@@ -373,6 +473,7 @@ class TorchBackend(StepInputsBackend):
         }
 
     def close(self) -> None:
-        self._shape = None
+        self._shapes = [None] * self.streams
+        self._graph = None
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
