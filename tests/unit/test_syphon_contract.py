@@ -267,6 +267,16 @@ def test_wait_option_fails_at_open_when_nothing_else_is_there(world: World) -> N
     sink.close()
 
 
+def test_waiting_reads_the_directory_without_the_wheels_one_second_pump(world: World) -> None:
+    """syphon-python's ``servers`` first runs the run loop for ``run_loop_interval``, 1.0 s
+    unless set: on a quiet main thread every read would block that long."""
+    pump_for(world.notify_delay + 0.1)  # nothing left to deliver
+    started = time.monotonic()
+    with pytest.raises(SourceNotFoundError, match=r"within 0\.3 s"):
+        open_source("syphon://Nobody?wait=0.3")
+    assert time.monotonic() - started < 0.8
+
+
 # -- discovery -------------------------------------------------------------------------------
 
 
