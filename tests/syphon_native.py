@@ -7,7 +7,8 @@ only that: the PyObjC modules the wheel imports (``objc``, ``Foundation``, ``Coc
 ``AppKit``, ``Metal``), the Syphon.framework classes it looks up (``SyphonServerDirectory``,
 ``SyphonMetalServer``, ``SyphonMetalClient``), and the rest of a Mac: other apps' servers and
 clients, the main run loop, Syphon's messaging queue, the GPU and autorelease pools. The
-one OS check on the way, ``livediffusion_bridge._syphon._load``'s, is bypassed.
+OS checks on the way are bypassed: ``livediffusion_bridge._syphon._load`` by :func:`install`,
+``sys.platform`` of the modules a test names by :func:`pretend_macos`.
 
 Sources. The framework in the wheel (``syphon/libs/Syphon.framework``, bundle version 5,
 macOS 12+) has headers identical to Syphon/Syphon-Framework at b834acd (2025-01-03); the
@@ -17,8 +18,15 @@ the first input source is processed"), Notification Programming Topics ("Distrib
 notification centers deliver notifications on the main thread"; a local center delivers
 synchronously on the posting thread), MTLTexture ``replaceRegion:`` (no synchronisation with
 the GPU), MTLCommandBuffer ``commitAndWaitUntilSubmitted``, "Using Autorelease Pool Blocks"
-(a secondary thread must make its own pool). PyObjC: ``objc.loadBundle``,
+(a secondary thread must make its own pool), Cocoa's memory rules (what a method not named
+alloc/new/copy returns is autoreleased). PyObjC: ``objc.loadBundle``,
 ``objc.autorelease_pool``, ``objc.lookUpClass``.
+
+Not modelled, because nothing here depends on it: the client's KVO update of its server
+description, one connection manager shared by all clients of a server in a process, app
+icons, the OpenGL classes. Other apps are :class:`ExternalServer`, :class:`ExternalClient`
+and :class:`ExternalDirectory`; they talk to this process only as Syphon's messages and
+notifications would.
 
 What the tests can rely on, in short:
 
