@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -35,3 +35,36 @@ def make_tiny_backend(tiny_folder: Path) -> Callable[..., Any]:
         return TorchBackend.from_components(model, TorchOptions(**options))
 
     return make
+
+
+@pytest.fixture(scope="session")
+def syphon_wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """syphon-python 0.2.0's wheel, unpacked: its real Python, for the Syphon tests."""
+    import syphon_wheel as wheels
+
+    found = wheels.find()
+    if found is None:  # an environment made before ./run fetched it: try the user cache
+        try:
+            found = wheels.fetch(wheels.cache_folder())
+        except RuntimeError as exc:
+            pytest.skip(f"{exc}; `./run test` fetches it (PyPI must be reachable once)")
+    return wheels.unpack(found, tmp_path_factory.mktemp("syphon-python-0.2.0"))
+
+
+@pytest.fixture
+def syphon_mac(monkeypatch: pytest.MonkeyPatch, syphon_wheel: Path) -> Iterator[Callable[..., Any]]:
+    """``syphon_mac(**options)`` imports syphon-python's real package over the stubbed native
+    layer of tests/syphon_native.py and returns its ``World`` (a stubbed Mac)."""
+    import syphon_native
+
+    worlds: list[syphon_native.World] = []
+
+    def install(**options: Any) -> syphon_native.World:
+        world = syphon_native.install(monkeypatch, syphon_wheel, **options)
+        worlds.append(world)
+        return world
+
+    yield install
+    for world in worlds:
+        world.shutdown()
+        assert world.errors == [], world.errors  # nothing failed inside a message or callback

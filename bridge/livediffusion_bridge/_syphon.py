@@ -1,56 +1,54 @@
-"""Syphon sources and sinks (macOS) through syphon-python 0.2 (Metal), imported on first use.
+"""Syphon sources and sinks (macOS) through syphon-python 0.2.0 (Metal), imported on first use.
 
-Written against the library's source, not run on this project's Linux machines (there it is
-tested through ``tests/syphon_fake.py``, a contract fake built from the same reading).
-What was checked, and where: syphon-python 0.2.0 is cansik/syphon-python at 136fe15
-(``pyproject.toml`` says 0.2.0); the Objective-C side is Syphon/Syphon-Framework.
+Written against the library's released code: the 0.2.0 wheel (``syphon/`` and the
+Syphon.framework it bundles, whose headers match Syphon/Syphon-Framework at b834acd). On
+Linux the tests import that wheel's own Python and stub only what is native under it
+(PyObjC, Metal, the framework's classes; ``tests/syphon_native.py``, each behaviour cited).
 
-* ``syphon/server_directory.py``: ``SyphonServerDirectory`` is a stateless wrapper around the
-  framework's process-wide ``sharedDirectory``; it has *no* ``close()`` and is *not* a context
-  manager (this module used both). Its ``servers`` property first runs the calling thread's
-  run loop for ``run_loop_interval`` seconds, which *defaults to 1.0*: every read blocks a
-  second unless the interval is set to 0. ``update_run_loop`` is one
-  ``NSRunLoop.currentRunLoop().runMode:beforeDate:``, which returns after the first event it
-  handles, so one pump sees at most one batch of announcements (the listing undercounted).
-  ``uuid``, ``name`` and ``app_name`` of a description are ``str()`` of the framework's keys.
+* ``server_directory.py``: ``SyphonServerDirectory()`` wraps the framework's process-wide
+  ``sharedDirectory``; it has ``close()`` (drops the observers it added) and is a context
+  manager, which is how this module uses it. Its ``servers`` property first runs the calling
+  thread's run loop for ``run_loop_interval`` seconds, *1.0 by default*, so it is set to 0
+  here. ``update_run_loop`` is one ``NSRunLoop.currentRunLoop().runMode:beforeDate:``, which
+  returns after the first event it handles: pumping once sees at most one announcement.
 * ``SyphonServerDirectory.m``: discovery is NSDistributedNotificationCenter traffic
-  (announce, retire, announce requests that other apps answer later); ``SyphonServerBase.m``:
-  every server gets a fresh UUID, its description names our app (NSRunningApplication's
-  localizedName, else the process name). ``SyphonCFMessageReceiver.m`` adds every
-  server <-> client message port to ``CFRunLoopGetMain()``: surface changes and a server's
-  retirement reach a client only while the *main* thread runs its run loop. Hence
-  :func:`pump`, which ``livediffusion_bridge.pump_events`` calls on the main thread.
-* ``syphon/client.py`` + ``SyphonMetalClient.m``: ``new_frame_image`` is always a
-  ``MTLPixelFormatBGRA8Unorm`` texture over the server's IOSurface (the same texture object
-  until the surface changes), ``None`` before the first surface is known.
-  ``SyphonClientBase.m``/``SyphonClientConnectionManager.m``: ``is_valid`` turns false when
-  the server retires and never turns true again; a server that comes back is a new server
-  (new UUID) and needs a new client, which is what the reconnect loop makes.
-* ``syphon/server.py``: ``SyphonMetalServer(name)`` makes its own device and command queue;
+  (announce, retire, announce requests that other apps answer later), and distributed
+  notifications arrive only while the *main* thread runs its run loop. That is the one thing
+  that needs the main thread (:func:`pump`, called by ``livediffusion_bridge.pump_events``):
+  without it we see no servers, and apps that start after our server never learn of it.
+* Frames do not need it. ``SyphonCFMessageReceiver.m`` puts every server <-> client
+  message port on a dispatch queue, so new surfaces, new frames and a server's retirement
+  reach a client on Syphon's own thread whatever the main thread does.
+  ``SyphonClientBase.m``: ``hasNewFrame`` compares the frame ID of the last ``newFrameImage``
+  with the connection's, which moves with each new surface and each change of the surface's
+  seed (``SyphonClientConnectionManager.m``); every ``newFrameImage`` resets it. Reading
+  only when it is set delivers each server frame once. ``is_valid`` turns false when the
+  server retires and never turns true again; a server that comes back is a new server (new
+  UUID) and needs a new client, which is what the reconnect loop makes.
+* ``client.py`` + ``SyphonMetalClient.m``: ``new_frame_image`` is a ``MTLPixelFormatBGRA8Unorm``
+  texture over the server's IOSurface (the same texture object until the surface changes),
+  ``None`` before the first surface is known. The wheel's client and server raise
+  ``RuntimeError`` when the framework returns nil.
+* ``server.py``: ``SyphonMetalServer(name)`` makes its own device and command queue;
   ``publish_frame_texture`` encodes Syphon's copy on a command buffer and commits it with
   ``commitAndWaitUntilSubmitted``: *submitted*, not completed, so the GPU may still be
   reading our texture when it returns. We alternate two textures and, before writing one,
   wait for the command buffer that last read it (normally finished long before).
 * ``SyphonMetalServer.m``: the shared surface is BGRA8Unorm. A BGRA8, unflipped texture is
-  copied with a blit; anything else (RGBA8, ``is_flipped``) is redrawn by a render pass. We
-  upload BGRA, swizzled (and flipped, for ``flip``) on the CPU in the one copy we make anyway,
-  so the server takes the exact blit. ``DOCUMENTATION.md`` says ``is_flipped`` flips
-  "horizontally"; ``SyphonServerRendererMetal.m`` flips vertically.
+  copied with a blit; anything else (RGBA8, ``is_flipped``) is redrawn by a render pass
+  (``SyphonServerRendererMetal.m``, which flips vertically). We upload BGRA, swizzled (and
+  flipped, for ``flip``) on the CPU in the one copy we make anyway, so the server blits.
 * Autoreleased objects on every frame: ``publish_frame_texture`` asks the queue for a
-  ``commandBuffer`` (autoreleased, says Metal's header) and ``SyphonMetalServer.m`` /
-  ``SyphonServerRendererMetal.m`` make a blit encoder, or a ``renderPassDescriptor`` and a
-  render encoder; ``sharedDirectory.servers`` returns ``[NSArray arrayWithArray:]`` and
-  ``newFrameImage`` a ``texture2DDescriptor...`` per new surface. A worker thread's
-  autorelease pool never drains (Apple: "if you spawn a secondary thread, you must create your
-  own autorelease pool block"), so each step here runs in pyobjc's ``objc.autorelease_pool()``.
-* ``syphon/utils/raw.py``, ``syphon/utils/numpy.py``: ``create_mtl_texture`` takes a pixel
-  format (RGBA8 by default); ``copy_image_to_mtl_texture`` asserts ``(h, w, 4)`` and uploads
+  ``commandBuffer`` (autoreleased, says Metal's header) and the server makes a blit encoder;
+  ``servers`` returns ``[NSArray arrayWithArray:]`` after an ``NSDate`` for the run loop;
+  ``newFrameImage`` makes a texture descriptor per new surface. A worker thread's autorelease
+  pool never drains (Apple: "if you spawn a secondary thread, you must create your own
+  autorelease pool block"), so each step here runs in pyobjc's ``objc.autorelease_pool()``.
+* ``utils/raw.py``, ``utils/numpy.py``: ``create_mtl_texture`` takes a pixel format (RGBA8 by
+  default); ``copy_image_to_mtl_texture`` asserts ``(h, w, 4)`` and uploads
   ``image.tobytes()`` with ``replaceRegion``; ``copy_mtl_texture_to_image`` returns the bytes
-  in the texture's own channel order, as a read-only array over ``bytes`` in the versions
-  read, so the source always swaps into a fresh array of its own.
-* Not settled by reading: older Syphon-Framework Metal clients (e.g. 101ae7f) only reset
-  ``hasNewFrame`` when the surface changes, newer ones in every ``newFrameImage``; with an old
-  framework the source would re-read unchanged frames (wasted copies, not wrong pictures).
+  in the texture's own channel order as a read-only array over ``bytes``, so the source
+  swaps into a fresh array of its own.
 
 Never our own output: with the Mac defaults (``syphon://`` in, ``syphon://livediffusion``
 out) a source that takes "any server" would take ours when the input app quits, and feed the
@@ -136,7 +134,7 @@ def _load() -> _Runtime:
 
 
 def _import_runtime() -> _Runtime:
-    """The imports themselves (the Linux tests call this with a fake ``syphon`` installed)."""
+    """The imports themselves (the Linux tests call this over a stubbed native layer)."""
     try:
         import Metal
         import syphon
@@ -199,13 +197,12 @@ def is_own_server(server: Any) -> bool:
 
 
 def _identity(server: Any, name: str) -> tuple[str, str | None]:
-    """The UUID and app name Syphon announces for a server we created (``SyphonServerBase``'s
-    ``serverDescription``, reached through syphon-python's ``context``)."""
+    """The UUID and app name Syphon announces for a server we created (the wheel's
+    ``server_description``: ``SyphonServerBase``'s ``serverDescription``)."""
     try:
-        description = server.context.serverDescription()
-        uuid = str(description["SyphonServerDescriptionUUIDKey"] or "")
-        app = str(description["SyphonServerDescriptionAppNameKey"] or "")
-    except Exception:  # a library that hides it: fall back on the names
+        description = server.server_description
+        uuid, app = str(description.uuid or ""), str(description.app_name or "")
+    except Exception:  # unreadable: fall back on the names
         log.debug("Syphon server %r: its description is unreadable", name, exc_info=True)
         return "", None
     return uuid, app or None
@@ -256,6 +253,7 @@ def pick(
 
 
 def _directory(runtime: _Runtime) -> Any:
+    """A directory wrapper; its owner closes it (``with``, or ``close()``)."""
     directory = runtime.syphon.SyphonServerDirectory()
     # `servers` runs this thread's run loop for run_loop_interval first: 1.0 s by default.
     directory.run_loop_interval = 0.0
@@ -285,11 +283,13 @@ def _run_loop_for(runtime: _Runtime, directory: Any, seconds: float) -> None:
 def pump(seconds: float) -> None:
     """Run the calling thread's Cocoa run loop for ``seconds``.
 
-    Call it on the main thread (``livediffusion_bridge.pump_events`` does): Syphon delivers
-    announcements, surface changes and retirements there, and only while it runs.
+    Call it on the main thread (``livediffusion_bridge.pump_events`` does): Syphon's discovery
+    (other apps' servers appearing and retiring, and our servers answering apps that start
+    later) arrives there, and only while it runs. Frames do not need it.
     """
     runtime = _load()
-    _run_loop_for(runtime, _directory(runtime), seconds)
+    with _directory(runtime) as directory:
+        _run_loop_for(runtime, directory, seconds)
 
 
 def _servers(runtime: _Runtime, directory: Any) -> list[Any]:
@@ -301,12 +301,13 @@ def list_sources(timeout: float) -> list[SourceInfo]:
     """Every Syphon server but ours, after pumping the run loop for ``timeout`` seconds:
     other apps answer a directory's announce request late, one notification per pump."""
     runtime = _load()
-    directory = _directory(runtime)
-    _run_loop_for(runtime, directory, timeout)
-    directory.run_loop_interval = 0.0
+    with _directory(runtime) as directory:
+        _run_loop_for(runtime, directory, timeout)
+        directory.run_loop_interval = 0.0
+        servers = _servers(runtime, directory)
     return [
         SourceInfo(uri=str(SourceURI("syphon", _describe(s))), kind="syphon", name=_describe(s))
-        for s in _servers(runtime, directory)
+        for s in servers
         if not is_own_server(s)
     ]
 
@@ -338,10 +339,14 @@ class SyphonSource(LiveSource):
     """Receives from one Syphon server (``syphon://App - Name``, a server or app name, a
     UUID) or from the first one there is (``syphon://``), never from our own sinks' servers.
 
-    The Metal client is made on the reading thread. Each new frame is read back from its
-    BGRA texture and swapped to RGBA; ``flip`` turns it upside down, for senders (OpenGL
-    ones) whose pictures arrive that way. A server that quits is waited for; when it comes
-    back (as a new server, at any size) the source picks it up.
+    The Metal client is made on the reading thread and needs nothing from the main thread:
+    Syphon delivers its frames and the server's retirement on its own queue (only finding
+    the server needs the main thread's run loop). A frame is read when ``has_new_frame``
+    says the server drew one since the last read, so an unchanged frame is never delivered
+    twice; it is read back from its BGRA texture and swapped to RGBA; ``flip`` turns it
+    upside down, for senders (OpenGL ones) whose pictures arrive that way. A server that
+    quits is waited for; when it comes back (as a new server, at any size) the source
+    picks it up.
     """
 
     def __init__(
@@ -374,23 +379,23 @@ class SyphonSource(LiveSource):
     def _wait_until_visible(self, wait: float) -> None:
         """Fail at open when nothing matching appears within ``wait`` s (no client yet: that
         is made on the reading thread). Pumps while waiting when this is the main thread."""
-        directory = _directory(self._rt)
         on_main = threading.current_thread() is threading.main_thread()
         deadline = time.monotonic() + wait
-        while True:
-            servers = _servers(self._rt, directory)
-            if pick(servers, self._target, own=self._own) is not None:
-                return
-            if time.monotonic() >= deadline:
-                seen = [_describe(s) for s in servers if self._own or not is_own_server(s)]
-                raise SourceNotFoundError(
-                    f"no Syphon server matching {self._target!r} within {wait:g} s "
-                    f"(our own outputs never count); visible: {', '.join(seen) or 'none'}"
-                )
-            if on_main:
-                _run_loop_for(self._rt, directory, 0.05)
-            else:
-                time.sleep(0.05)
+        with _directory(self._rt) as directory:
+            while True:
+                servers = _servers(self._rt, directory)
+                if pick(servers, self._target, own=self._own) is not None:
+                    return
+                if time.monotonic() >= deadline:
+                    seen = [_describe(s) for s in servers if self._own or not is_own_server(s)]
+                    raise SourceNotFoundError(
+                        f"no Syphon server matching {self._target!r} within {wait:g} s "
+                        f"(our own outputs never count); visible: {', '.join(seen) or 'none'}"
+                    )
+                if on_main:
+                    _run_loop_for(self._rt, directory, 0.05)
+                else:
+                    time.sleep(0.05)  # the main thread pumps (livediffusion serve does)
 
     def _connect(self) -> bool:
         runtime = self._rt
@@ -408,14 +413,12 @@ class SyphonSource(LiveSource):
                         "own output; reading it would feed the effect back into itself"
                     )
                 return False
-            try:
+            try:  # the wheel raises RuntimeError when the framework returns nil
                 client = runtime.syphon.SyphonMetalClient(server)
-            except Exception as exc:  # pyobjc raises what the framework throws
+            except Exception as exc:
                 raise TransportError(
                     f"Syphon could not connect to {_describe(server)!r}: {exc}"
                 ) from exc
-            if getattr(client, "context", None) is None:  # the framework's init returned nil
-                raise TransportError(f"Syphon refused a client for {_describe(server)!r}")
         self._client = client
         self._server_uuid = str(server.uuid or "")
         self._server_name = _describe(server)
@@ -431,18 +434,14 @@ class SyphonSource(LiveSource):
                 self._dead.add(self._server_uuid)
                 raise SourceLost(f"Syphon server {self._server_name!r} stopped")
             self._check_listed()
-            if not client.has_new_frame:
+            if not client.has_new_frame:  # nothing drawn since the last read: not again
                 return None
-            texture = client.new_frame_image
+            texture = client.new_frame_image  # resets has_new_frame
             if texture is None:  # no surface yet
                 return None
-            image = runtime.syphon.utils.numpy.copy_mtl_texture_to_image(texture)
-            bgra = int(texture.pixelFormat()) == runtime.bgra
+            image = runtime.syphon.utils.numpy.copy_mtl_texture_to_image(texture)  # BGRA8
         pixels: Pixels = np.empty(image.shape, dtype=np.uint8)
-        if bgra:
-            _swap_red_blue(image, pixels, flip=self._flip)
-        else:
-            pixels[...] = image[::-1] if self._flip else image
+        _swap_red_blue(image, pixels, flip=self._flip)
         return Frame(pixels, time.monotonic())
 
     def _check_listed(self) -> None:
@@ -461,7 +460,9 @@ class SyphonSource(LiveSource):
                 client.stop()
 
     def _shutdown(self) -> None:
-        self._directory = None  # a wrapper over the shared directory: nothing to close
+        directory, self._directory = self._directory, None
+        if directory is not None:
+            directory.close()
 
 
 # -- sink ----------------------------------------------------------------------------------
@@ -522,12 +523,10 @@ class SyphonSink(LiveSink):
         self._staging = np.empty((height, width, 4), dtype=np.uint8)
 
     def _start_server(self) -> None:
-        try:
+        try:  # the wheel raises RuntimeError when the framework returns nil
             server = self._rt.syphon.SyphonMetalServer(self.name)
         except Exception as exc:
             raise TransportError(f"Syphon could not start server {self.name!r}: {exc}") from exc
-        if getattr(server, "context", None) is None:
-            raise TransportError(f"Syphon could not start server {self.name!r}")
         uuid, app = _identity(server, self.name)
         self._own_entry = _OWN.add(uuid, app, self.name)
         self._server, self.uuid = server, uuid

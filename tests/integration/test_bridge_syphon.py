@@ -1,12 +1,13 @@
-"""Syphon through the engine's threads on a real Mac (never run on the project's Linux machines).
+"""Syphon through the engine's threads, as a user's syphon-python code would drive it.
 
 A plain syphon-python server stands in for the input app (it is not one of our sinks, so the
 source may read it); the engine reads it on its capture thread, passes it through (bypass, a
 tiny CPU model) and publishes on its publish thread; a plain syphon-python client stands in
 for the host reading our output. The test's main thread does what ``livediffusion serve``
-does: it pumps the run loop, through which Syphon delivers announcements, surface changes and
-retirements. The same scenarios run on Linux against the contract fake in
-tests/integration/test_syphon_engine.py.
+does: it pumps the run loop, through which Syphon's discovery arrives.
+
+On a Mac this is the real thing. Elsewhere it runs the same syphon-python 0.2.0 code over the
+stubbed native layer of tests/syphon_native.py, with the bridge's OS checks saying macOS.
 """
 
 from __future__ import annotations
@@ -22,14 +23,9 @@ import pytest
 
 from livediffusion.controls import Controls, ControlStore
 from livediffusion.engine import Engine
-from livediffusion_bridge import list_sources, open_sink, open_source, pump_events
+from livediffusion_bridge import list_sources, open_sink, open_source, pump_events, transports
 
-pytestmark = [
-    pytest.mark.macos,
-    pytest.mark.integration,
-    pytest.mark.timeout(120),
-    pytest.mark.skipif(sys.platform != "darwin", reason="Syphon needs macOS"),
-]
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
 _BYPASS = Controls(bypass=True, smoothing=0.0, feedback=0.0, prompt_glide=0.0, seed_glide=0.0)
 
@@ -46,12 +42,25 @@ def quadrants(size: int = 64) -> np.ndarray:
     return pixels
 
 
+@pytest.fixture
+def mac(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """ "real" on a Mac; elsewhere "stubbed": syphon-python's own Python over syphon_native."""
+    if sys.platform == "darwin":
+        pytest.importorskip("syphon")
+        return "real"
+    import syphon_native
+
+    request.getfixturevalue("syphon_mac")()
+    syphon_native.pretend_macos(monkeypatch, transports)
+    return "stubbed"
+
+
 def test_engine_round_trip_keeps_colours_and_orientation(
-    make_tiny_backend: Callable[..., Any],
+    make_tiny_backend: Callable[..., Any], mac: str
 ) -> None:
-    syphon = pytest.importorskip("syphon")
     import Metal
     import objc
+    import syphon
     from syphon.utils.numpy import copy_image_to_mtl_texture, copy_mtl_texture_to_image
     from syphon.utils.raw import create_mtl_texture
 
@@ -69,7 +78,7 @@ def test_engine_round_trip_keeps_colours_and_orientation(
         backend=make_tiny_backend(),
         controls=ControlStore(_BYPASS),
     )
-    directory = syphon.SyphonServerDirectory()
+    directory = syphon.SyphonServerDirectory()  # closed at the end, as the wheel advises
     directory.run_loop_interval = 0.0
     client: Any = None
     received = None
@@ -102,6 +111,7 @@ def test_engine_round_trip_keeps_colours_and_orientation(
             if client is not None:
                 client.stop()
             camera.stop()
+        directory.close()
     assert engine.errors == []
     assert received.shape == sent.shape
     # Syphon is lossless and the bypass copies at the model's size: colours and the

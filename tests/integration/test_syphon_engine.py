@@ -1,9 +1,11 @@
-"""Syphon in -> engine -> Syphon out, through the engine's real threads, on the contract fake.
+"""Syphon in -> engine -> Syphon out, through the engine's real threads and syphon-python 0.2.0's
+real Python, over the stubbed native layer of tests/syphon_native.py.
 
 Another app's server (``ExternalServer``) feeds ``SyphonSource`` on the engine's capture
 thread; the engine passes the picture through (bypass, on a tiny CPU model) and its publish
 thread hands it to ``SyphonSink``; another app (``ExternalClient``) reads our server. The
-test's main thread does what ``livediffusion serve``'s does: it pumps the run loop.
+test's main thread does what ``livediffusion serve``'s does: it pumps the run loop, which
+discovery needs (frames travel on Syphon's own queue).
 """
 
 from __future__ import annotations
@@ -16,12 +18,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-import syphon_fake
 from livediffusion.controls import Controls, ControlStore
 from livediffusion.engine import Engine
 from livediffusion_bridge import _syphon, open_sink, open_source
 from livediffusion_bridge._syphon import SyphonSource
-from syphon_fake import ExternalClient, ExternalServer, ServerState, World
+from syphon_native import ExternalClient, ExternalServer, ServerState, World
 
 pytestmark = pytest.mark.integration
 
@@ -47,8 +48,8 @@ def centres(pixels: np.ndarray) -> np.ndarray:
 
 
 @pytest.fixture
-def world(monkeypatch: pytest.MonkeyPatch) -> World:
-    world = syphon_fake.install(monkeypatch)
+def world(syphon_mac: Callable[..., World], monkeypatch: pytest.MonkeyPatch) -> World:
+    world = syphon_mac()
     monkeypatch.setattr(SyphonSource, "retry_interval", 0.05)
     return world
 
@@ -126,7 +127,7 @@ def test_frames_flow_through_the_engine_threads(world: World, start: Callable[..
     ours = output.state
     assert client.created_on == "capture" and client.used_on == {"capture"}
     assert ours.created_on == "publish" and ours.app == world.app_name
-    assert world.worker_leaks() == {}  # every pool drained, on every frame thread
+    assert world.leaks_on("capture", "publish") == {}  # every pool drained, on frame threads
     assert world.pools["capture"] > 0 and world.pools["publish"] > 0
     textures = ours.published
     assert len(set(textures)) == 2 and all(a != b for a, b in itertools.pairwise(textures))
@@ -159,7 +160,7 @@ def test_input_app_quits_and_returns_at_another_size_never_feeding_back(
     output = output_of(world, engine, lambda: camera.publish(quadrants(64)))
     run_until(lambda: output.frames >= 3, feed=lambda: camera.publish(quadrants(64)))
     ours = output.state
-    run_until(lambda: ours.uuid in world.visible)  # our output is listed, for everyone
+    run_until(lambda: ours.uuid in world.listed())  # our output is listed, for everyone
 
     camera.stop()  # the input app quits while our output exists
     source = engine.source
@@ -194,5 +195,5 @@ def test_input_app_quits_and_returns_at_another_size_never_feeding_back(
     assert source.reconnects == 1
     assert [client.state for client in world.clients] == [camera.state, back.state]
     assert [s for s in world.servers.values() if not s.external] == [ours]  # one server
-    assert world.worker_leaks() == {}
+    assert world.leaks_on("capture", "publish") == {}
     assert engine.errors == []

@@ -222,3 +222,27 @@ def test_spout_round_trip_passes_on_the_spoutgl_fake(monkeypatch: pytest.MonkeyP
     assert world.problems() == []  # every call had its thread's context; all were closed
     assert world.threads_of("receiveImage", "releaseReceiver") == {"doctor capture"}
     assert world.threads_of("sendImage", "releaseSender") == {"doctor publish"}
+
+
+# -- the Syphon rows on a stubbed Mac (syphon-python's real Python, tests/syphon_native.py) ----
+
+
+@pytest.fixture
+def stubbed_mac(syphon_mac: Callable[..., object], monkeypatch: pytest.MonkeyPatch) -> None:
+    import syphon_native
+    from livediffusion_bridge import transports
+
+    syphon_mac()
+    syphon_native.pretend_macos(monkeypatch, doctor, transports)
+
+
+def test_syphon_rows_pass_on_a_stubbed_mac(stubbed_mac: None) -> None:
+    context = Context(ServeConfig())
+    assert doctor._check_syphon(context) == ("PASS", "syphon-python 0.2.0; Metal: Stub GPU")
+    status, detail = doctor._check_syphon_round_trip(context)
+    assert status == "PASS", detail
+    assert re.fullmatch(
+        r"64x64 via syphon://livediffusion-doctor-\d+ in \d\.\d\d s: "
+        r"size, orientation and colours kept",
+        detail,
+    ), detail
