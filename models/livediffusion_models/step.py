@@ -98,23 +98,28 @@ class FrameStep(nn.Module):
         """Returns ``(output, x0, smoothed)``: show ``output``, feed back the other two."""
         rows = controls.reshape(-1, NUM_CONTROLS)  # one row of scalars per stream
 
-        def per_image(column: Control) -> torch.Tensor:  # (streams, 1, 1, 1)
+        def per_image(column: Control) -> torch.Tensor:  # (streams, 1, 1, 1), float32
             return rows[:, column].reshape(-1, 1, 1, 1)
 
+        # The scalars stay float32 (sqrt(a_t) = 0.068 at t=999 loses too much in half
+        # precision, and x0 divides by it); each result is cast back to the model's dtype,
+        # which a float32 (streams, 1, 1, 1) tensor would otherwise promote to float32.
         timestep = rows[:, Control.TIMESTEP]
         sqrt_alpha = per_image(Control.SQRT_ALPHA)
         sqrt_one_minus_alpha = per_image(Control.SQRT_ONE_MINUS_ALPHA)
+        dtype = image.dtype
 
-        embeds = _lerp(embeds_from, embeds_to, rows[:, Control.PROMPT_MIX].reshape(-1, 1, 1))
+        mix = rows[:, Control.PROMPT_MIX].reshape(-1, 1, 1)
+        embeds = _lerp(embeds_from, embeds_to, mix).to(embeds_from.dtype)
         noise = noise_from * per_image(Control.NOISE_FROM) + noise_to * per_image(Control.NOISE_TO)
 
         latents = self.vae.encode(image).latents * self.scaling_factor
         clean = _lerp(latents, previous_x0, per_image(Control.FEEDBACK))
-        noisy = sqrt_alpha * clean + sqrt_one_minus_alpha * noise
+        noisy = (sqrt_alpha * clean + sqrt_one_minus_alpha * noise).to(dtype)
         eps = self.unet(noisy, timestep, encoder_hidden_states=embeds, return_dict=False)[0]
-        x0 = (noisy - sqrt_one_minus_alpha * eps) / sqrt_alpha
+        x0 = ((noisy - sqrt_one_minus_alpha * eps) / sqrt_alpha).to(dtype)
 
         decoded = self.vae.decode(x0 / self.scaling_factor).sample.clamp(-1.0, 1.0)
-        smoothed = _lerp(decoded, previous_output, per_image(Control.SMOOTHING))
-        output = _lerp(smoothed, image, per_image(Control.BLEND))
+        smoothed = _lerp(decoded, previous_output, per_image(Control.SMOOTHING)).to(dtype)
+        output = _lerp(smoothed, image, per_image(Control.BLEND)).to(dtype)
         return output, x0, smoothed

@@ -180,3 +180,35 @@ def test_cuda_n_is_parsed_and_checked() -> None:
         assert resolve_device(f"cuda:{count - 1}") == torch.device(f"cuda:{count - 1}")
         with pytest.raises(RuntimeError, match=f"sees {count}"):
             resolve_device(f"cuda:{count}")
+
+
+def test_half_precision_stays_half_precision_through_the_batched_step(tiny: LoadedModel) -> None:
+    """The float32 controls must not promote a half-precision model's activations (the UNet
+    would then meet float32 inputs with half weights, as it did on the first GPU run)."""
+    import copy
+
+    from livediffusion_models.step import NUM_CONTROLS, FrameStep
+
+    step = FrameStep(copy.deepcopy(tiny.unet).to(torch.bfloat16), copy.deepcopy(tiny.vae))
+    step.vae.to(torch.bfloat16)
+    controls = torch.zeros(2, NUM_CONTROLS)
+    controls[:, :3] = torch.tensor([999.0, 0.068, 0.997])
+    controls[:, -1] = 1.0
+    generator = torch.Generator().manual_seed(0)
+
+    def like(*shape: int) -> torch.Tensor:
+        return torch.randn(shape, generator=generator).to(torch.bfloat16)
+
+    embed = tiny.text_encoder.config.hidden_size
+    with torch.inference_mode():
+        results = step(
+            like(2, 3, SIZE, SIZE),
+            like(2, 4, SIZE // 8, SIZE // 8),
+            like(2, 4, SIZE // 8, SIZE // 8),
+            like(2, 77, embed),
+            like(2, 77, embed),
+            like(2, 4, SIZE // 8, SIZE // 8),
+            like(2, 3, SIZE, SIZE),
+            controls,
+        )
+    assert [r.dtype for r in results] == [torch.bfloat16] * 3
