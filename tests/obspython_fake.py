@@ -18,8 +18,15 @@ reference-settings.rst) and, where the docs are silent, what obs-scripting-pytho
   takes only a bool; enums must be one of their documented values.
 * ``obs_data_*`` getters and setters take a settings object; a key never set and without a
   default reads as 0 / 0.0 / "" / False, and an int item reads as a double and back.
-* Button callbacks are called with ``(props, prop)``; OBS redraws the properties only when
-  the callback returns ``True`` (``py_ret == Py_True``), so anything else is refused here.
+* ``obs_properties_add_button(props, name, text, callback)`` (obs-scripting-python.c,
+  ``properties_add_button``): after ``parse_args(args, "OssO", ...)`` it checks
+  ``PyFunction_Check(py_cb)`` and, for anything but a plain Python function (a bound method,
+  a ``functools.partial``, a callable object, a builtin), returns ``None`` and adds no button,
+  silently. The fake does the same (and notes it in ``World.dropped`` for the test's message).
+  ``button_prop_clicked`` calls the callback with ``(props, prop)`` (a callback that cannot
+  take them is refused here when added, stricter than OBS, which logs the ``TypeError`` at
+  the click) and redraws the properties only when it returns ``True`` (``py_ret == Py_True``),
+  so anything else is refused here.
 * ``timer_add(callback, milliseconds)``: a callable of no arguments and an int; callbacks
   run on OBS's video thread, so ``Host.tick`` runs each once. ``timer_remove(callback)``.
 """
@@ -125,6 +132,7 @@ class World:
     button_props: Props | None = None
     timers: dict[Callable[[], object], int] = field(default_factory=dict)
     log: list[tuple[int, str]] = field(default_factory=list)
+    dropped: list[str] = field(default_factory=list)  # buttons OBS would not have added
 
 
 _ARG: dict[str, Callable[[object], bool]] = {
@@ -137,6 +145,7 @@ _ARG: dict[str, Callable[[object], bool]] = {
     "props": lambda v: isinstance(v, Props),
     "prop": lambda v: isinstance(v, Prop),
     "callable": callable,
+    "object": lambda v: True,
 }
 
 
@@ -258,11 +267,18 @@ def build(world: World) -> types.ModuleType:
         return len(prop.items) - 1
 
     @export
-    def obs_properties_add_button(*args: Any) -> Prop:
-        # obs-scripting-python.c: parse_args "OssO", and the callback must be a function
-        _check("obs_properties_add_button", args, ("props", "str", "str", "callable"))
+    def obs_properties_add_button(*args: Any) -> Prop | None:
+        # obs-scripting-python.c properties_add_button: parse_args "OssO", then
+        # "if (!py_cb || !PyFunction_Check(py_cb)) return python_none();"
+        _check("obs_properties_add_button", args, ("props", "str", "str", "object"))
         props = making("obs_properties_add_button", args[0])
         callback = args[3]
+        if type(callback) is not types.FunctionType:  # PyFunction_Check
+            world.dropped.append(
+                f"button {args[1]!r}: its callback is a {type(callback).__name__}, not a "
+                "plain function, so OBS returns None and adds no button"
+            )
+            return None
         try:
             inspect.signature(callback).bind(object(), object())
         except TypeError:
@@ -403,6 +419,8 @@ class Host:
 
     def prop(self, name: str) -> Prop:
         assert self.props is not None, "show() the properties first"
+        if name not in self.props.items:
+            raise KeyError(f"no property {name!r}; dropped by OBS: {self.world.dropped}")
         return self.props.items[name]
 
     def set(self, name: str, value: object) -> None:

@@ -8,8 +8,12 @@ builder can be tested without TouchDesigner. What it enforces, from Derivative's
 * Each operator type has only the built-in parameters listed for it (the operator's UserGuide
   page); reading or setting any other raises ``AttributeError``, as ``td.tdAttributeError`` does.
 * Custom parameters exist only through ``COMP.appendCustomPage(name).appendFloat/appendInt/
-  appendStr/appendToggle/appendPulse/appendMenu(name, *, label=...)`` ("Page Class"), with a
-  name of an uppercase letter followed by lowercase letters and digits.
+  appendStr/appendToggle/appendPulse/appendMenu``, with the signatures of Derivative's "Page
+  Class" page (docs.derivative.ca/Page_Class): ``appendFloat(name, label=None, size=1,
+  order=None, replace=True)``, ``appendInt`` alike, ``appendStr/appendToggle/appendPulse/
+  appendMenu(name, label=None, order=None, replace=True)``; so ``label`` may come second by
+  position or by keyword. The name is an uppercase letter followed by lowercase letters and
+  digits ("Custom Parameters"); ``size`` is a number of values (this fake builds size 1 only).
 * Wires go ``outputConnectors[i].connect(target)`` / ``inputConnectors[i]`` ("Connector
   Class"), only between operators of one family and only into inputs the type has.
 * ``oscoutDAT.sendOSC(address, values)`` really sends the OSC message over UDP to the DAT's
@@ -137,7 +141,7 @@ class ParGroup(tuple[Par, ...]):
 
 
 class Page:
-    """A custom page ("Page Class"); ``append*`` take the name, everything else by keyword."""
+    """A custom page ("Page Class"); ``append*`` have the documented signatures."""
 
     def __init__(self, owner: COMP, name: str) -> None:
         self.owner, self.name, self.pars = owner, name, list[Par]()
@@ -156,39 +160,44 @@ class Page:
         self.owner.par._add(par)
         return ParGroup((par,))
 
-    def appendFloat(
-        self, name: str, *, label: str | None = None, size: int = 1, order: Any = None,
-        replace: bool = True,
-    ) -> ParGroup:  # fmt: skip
+    @staticmethod
+    def _one_value(size: object) -> None:
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            raise ValueError(f"size is the number of values, 1 or more: got {size!r}")
         if size != 1:
             raise NotImplementedError("the fake builds one-value parameters only")
+
+    def appendFloat(
+        self, name: str, label: str | None = None, size: int = 1, order: Any = None,
+        replace: bool = True,
+    ) -> ParGroup:  # fmt: skip
+        self._one_value(size)
         return self._append("Float", name, label, 0.0)
 
     def appendInt(
-        self, name: str, *, label: str | None = None, size: int = 1, order: Any = None,
+        self, name: str, label: str | None = None, size: int = 1, order: Any = None,
         replace: bool = True,
     ) -> ParGroup:  # fmt: skip
-        if size != 1:
-            raise NotImplementedError("the fake builds one-value parameters only")
+        self._one_value(size)
         return self._append("Int", name, label, 0)
 
     def appendStr(
-        self, name: str, *, label: str | None = None, order: Any = None, replace: bool = True
+        self, name: str, label: str | None = None, order: Any = None, replace: bool = True
     ) -> ParGroup:
         return self._append("Str", name, label, "")
 
     def appendToggle(
-        self, name: str, *, label: str | None = None, order: Any = None, replace: bool = True
+        self, name: str, label: str | None = None, order: Any = None, replace: bool = True
     ) -> ParGroup:
         return self._append("Toggle", name, label, False)
 
     def appendPulse(
-        self, name: str, *, label: str | None = None, order: Any = None, replace: bool = True
+        self, name: str, label: str | None = None, order: Any = None, replace: bool = True
     ) -> ParGroup:
         return self._append("Pulse", name, label, None)
 
     def appendMenu(
-        self, name: str, *, label: str | None = None, order: Any = None, replace: bool = True
+        self, name: str, label: str | None = None, order: Any = None, replace: bool = True
     ) -> ParGroup:
         return self._append("Menu", name, label, "")
 

@@ -27,7 +27,7 @@ from .errors import (
     TransportError,
 )
 from .frame import Frame, FrameSink, FrameSource, Pixels, as_pixels
-from .transports import list_sources, open_sink, open_source, pump_events
+from .transports import check_transport, list_sources, open_sink, open_source, pump_events
 from .uri import SCHEMES, SourceURI, parse_uri
 
 __all__ = [
@@ -48,6 +48,7 @@ __all__ = [
     "TransportError",
     "WindowSink",
     "as_pixels",
+    "check_transport",
     "list_sources",
     "open_sink",
     "open_source",

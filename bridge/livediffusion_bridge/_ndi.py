@@ -37,12 +37,14 @@ import atexit
 import logging
 import math
 import os
+import platform
 import re
 import socket
 import sys
 import threading
 import time
 from dataclasses import dataclass
+from importlib import metadata
 from typing import Any
 
 import numpy as np
@@ -72,6 +74,9 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 INSTALL_HINT = 'pip install "livediffusion[ndi]"'
+NDI_PYTHON_NEEDED = "6.3.2.1"
+"""The first ndi-python with the calls this module makes (see :func:`binding_problem`)."""
+UPGRADE_HINT = f'pip install --upgrade "ndi-python>={NDI_PYTHON_NEEDED}"'
 DEFAULT_SENDER_NAME = "livediffusion"
 RECEIVER_NAME = "livediffusion"
 LOOPBACK = "127.0.0.1"
@@ -126,7 +131,72 @@ def _load() -> Any:
         import NDIlib
     except (ImportError, OSError) as exc:
         raise BackendUnavailableError(_load_failure(exc)) from exc
+    problem = binding_problem(NDIlib)
+    if problem is not None:
+        raise BackendUnavailableError(problem)
     return NDIlib
+
+
+def binding_problem(ndi: Any) -> str | None:
+    """Why this ndi-python cannot run this module, in one line naming the fix; None if it can.
+
+    This module calls ``recv_capture_v2(receiver, ms, want_video, want_audio,
+    want_metadata)`` (asking for video only, so NDI never hands over audio or metadata to
+    free) and ``RecvCreateV3(None, ...)`` (a receiver connected later). ndi-python binds
+    both only from 6.3.2.1 (buresu/ndi-python ``src/main.cpp``, "Add new flags for
+    recv_capture_v*"); 5.1.1.x binds ``recv_capture_v2(instance, timeout_in_ms)`` and a
+    ``RecvCreateV3`` whose source must be a ``Source``, so every capture there raised a
+    ``TypeError`` that no reconnect could cure. The installed distribution's version
+    decides; a copy that pip did not install (no version recorded) is judged by the
+    signature pybind11 writes into ``recv_capture_v2.__doc__``.
+    """
+    version = _installed_version()
+    if version is not None:
+        if _version_key(version) >= _version_key(NDI_PYTHON_NEEDED):
+            return None
+        found = f"ndi-python {version} is installed"
+    else:
+        signature = str(getattr(ndi.recv_capture_v2, "__doc__", None) or "")
+        if "recv_capture_v2(" not in signature or "want_audio" in signature:
+            return None  # the five-argument call, or nothing to judge by: try it
+        found = "the installed ndi-python lacks recv_capture_v2's want_video/want_audio flags"
+    return (
+        f"{found}, but livediffusion needs ndi-python {NDI_PYTHON_NEEDED} or newer: "
+        f"{UPGRADE_HINT}{_no_wheel_note()}"
+    )
+
+
+def _installed_version() -> str | None:
+    try:
+        return metadata.version("ndi-python")
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _version_key(version: str) -> tuple[int, ...]:
+    """``"6.3.2.6"`` -> ``(6, 3, 2, 6)``; a suffix (``rc1``, ``.post1``) ends the numbers."""
+    numbers: list[int] = []
+    for part in version.split("."):
+        digits = re.match(r"\d+", part)
+        if digits is None:
+            break
+        numbers.append(int(digits.group()))
+        if digits.end() != len(part):
+            break
+    return tuple(numbers)
+
+
+def _no_wheel_note() -> str:
+    """Where pip has no new enough wheel: Intel Macs and macOS 12 or older only get 5.1.1.1."""
+    if sys.platform != "darwin":
+        return ""
+    release = _version_key(platform.mac_ver()[0] or "0")
+    if platform.machine() == "x86_64" or release < (13,):
+        return (
+            " (pip has no such wheel for Intel Macs or macOS 12 and older:"
+            " use Syphon here, or NDI on another machine)"
+        )
+    return ""
 
 
 def _load_failure(exc: BaseException) -> str:

@@ -1,43 +1,43 @@
-"""Spout sources and sinks (Windows) through SpoutGL 0.1.x, imported on first use.
+"""Spout sources and sinks (Windows) through SpoutGL 0.1.1, imported on first use.
 
 Written against the library's source, not run on this project's Linux machines (there it is
 tested through ``tests/spoutgl_fake.py``, a contract fake built from the same reading).
-What was checked, and where:
+What was read: jlai/Python-SpoutGL at tag v0.1.1, its binding ``src/PySpoutGL.cpp`` and the
+Spout SDK it vendors (``vendor/SpoutGL``, the same files as leadedge/Spout2 tag 2.007.014
+``SPOUTSDK/SpoutGL``). What shaped this module:
 
-* jlai/Python-SpoutGL ``src/PySpoutGL.cpp`` at 3473e01, the newest source read: it has all
-  that the 0.1.0 release notes list ("Update spout to 2.007.014; add getSenderList(),
-  getSenderInfo(), getActiveSender(), setActiveSender()"); 0.1.1 itself was not readable.
-  Both classes bind ``createOpenGL``/``closeOpenGL`` straight to ``spoutGL::CreateOpenGL``/
-  ``CloseOpenGL``, and ``getActiveSender`` (``None`` when there is none); ``SpoutReceiver``
-  binds ``getSenderList``. ``receiveImage(buffer, format, invert, fbo)`` raises
-  ``BufferError`` when the buffer is smaller than ``GetSenderWidth() * GetSenderHeight()``
-  (the size known *before* the call) and passes ``None`` on as a null pointer. ``sendImage``
-  labels its integers ``height, width`` but hands the first to ``SendImage`` as the width (its
-  own ``tests/test.py`` passes the width first, and so do we). ``getSenderName`` is bound to
-  ``GetSenderWidth``: never used.
-* ``SpoutGL.cpp`` (as vendored there, 2ada83c, and in leadedge/Spout2 ``SPOUTSDK/SpoutGL``):
-  ``spoutGL::OpenSpout`` returns false when ``wglGetCurrentDC()`` is null ("Cannot get GL
-  device context"), so without an OpenGL context *current on the calling thread*
-  ``ReceiveImage`` returns false for ever and ``SendImage`` (``CheckSender``) fails: the two
-  faults of the previous version of this module. ``CreateOpenGL`` makes a hidden window and
-  context current on the *calling* thread (or does nothing if it has one); ``CloseOpenGL``
-  must run there too (``wglDeleteContext`` refuses a context current in another thread, and
-  Win32's ``DestroyWindow`` another thread's window). ``~spoutGL``: "an OpenGL context is
-  necessary for release of OpenGL objects in CleanupGL and CleanupInterop", which
-  ``ReleaseSender`` (and, in 2.007.017, ``ReleaseReceiver``) call as well.
-* ``Spout.cpp`` (Spout2, the 2.007h and 2.007.017 revisions): ``ReceiveSenderData`` takes
-  the *active* sender when no name is set, and ``SpoutSenderNames.cpp``
-  ``RegisterSenderName`` makes every newly registered sender the active one, so our own sink
-  becomes "the active sender" as it starts. ``ReceiveImage`` returns true *without reading*
-  on a new sender or size (it sets the update flag), and then again on every call until
-  ``IsUpdated()`` is called: the 2.007.017 log removes that check only on 21.10.25, so
-  2.007.014 has it. ``SpoutFrameCount.cpp``: ``IsFrameNew`` is a flag, true by default and
-  always while frame counting is off in SpoutSettings, that ``ReleaseReceiver`` leaves alone.
-* ``SpoutGL.cpp`` ``ReadGLDXpixels``/``UnloadTexturePixels``: pixels come back through a ring
-  of pixel buffer objects, one frame late. The first read after the PBOs are (re)made maps a
-  buffer never filled ("glMapBuffer can return NULL ... skip the copy rather than return
-  false"), and a new size deletes the PBOs and copies nothing, while ``ReceiveImage`` still
-  returns true and ``IsFrameNew`` says new. So a "new frame" may not have been written.
+* **The binding.** ``receiveImage(buffer, format, invert, fbo)`` raises ``BufferError`` when
+  the buffer is smaller than ``GetSenderWidth() * GetSenderHeight()`` (the size known
+  *before* the call) and passes ``None`` on as a null pointer. ``sendImage`` labels its
+  integers ``height, width`` but hands the first to ``SendImage`` as the width (its own
+  ``tests/test.py`` passes the width first, and so do we). ``getSenderName`` is bound to
+  ``GetSenderWidth``: never used. ``createOpenGL``/``closeOpenGL`` are ``spoutGL::
+  CreateOpenGL``/``CloseOpenGL``; ``getActiveSender`` returns ``None`` when there is none.
+* **OpenGL context and Spout's start** (``SpoutGL.cpp``). ``OpenSpout``, run by the first
+  receive or send of each object, fails when DirectX 11 cannot start, when no OpenGL
+  context is current on the *calling* thread ("Cannot get GL device context") or when the
+  OpenGL extensions Spout needs do not load. ``CreateOpenGL`` makes a hidden window and
+  context current on the calling thread (or uses the one there) and returns false when the
+  extensions do not load, keeping the context it made; ``CloseOpenGL`` must run on that
+  thread (``wglDeleteContext`` refuses a context current in another thread, Win32's
+  ``DestroyWindow`` another thread's window). ``CleanupGL``, run by ``ReleaseReceiver``,
+  ``ReleaseSender`` and ``~spoutGL``, deletes OpenGL objects only with a context current.
+* **Receiving** (``Spout.cpp``). ``ReceiveSenderData`` takes the *active* sender when no
+  name is set, and ``SpoutSenderNames.cpp`` ``RegisterSenderName`` makes every newly
+  registered sender the active one, so our own sink becomes "the active sender" as it
+  starts. ``ReceiveImage`` returns true *without reading* on a new sender or size (it sets
+  the update flag), and again on every call until ``IsUpdated()`` is called; it returns
+  false both when the sender is gone and when ``OpenSpout`` fails.
+* **The PBO ring** (``SpoutGL.cpp`` ``ReadGLDXpixels``/``UnloadTexturePixels``/
+  ``CleanupGL``). Pixels come back through a ring of pixel buffer objects, one frame late.
+  The first read of a new ring maps a buffer never filled ("glMapBuffer can return NULL ...
+  skip the copy rather than return false") while ``ReceiveImage`` still returns true and
+  ``IsFrameNew`` says new. ``ReleaseReceiver`` deletes the ring (2.007h left it), and so does
+  every change of sender or size, which runs ``ReleaseReceiver`` inside ``ReceiveSenderData``.
+* **Frame counting** (``SpoutFrameCount.cpp`` ``GetNewFrame``). With counting off in
+  SpoutSettings every receive reads and ``IsFrameNew`` stays true. With it on, a sender that
+  does not count frames (a 2.006 sender, an app that disables counting) leaves the receiver
+  a count of 0, and ``GetNewFrame`` then reports "new" on every call.
 
 How this module copes:
 
@@ -50,12 +50,17 @@ How this module copes:
   as the engine's owner does after joining its threads) at that thread's next call into
   this module, or when the thread ends (CPython clears a finished thread's
   ``threading.local`` on that thread). Another thread never touches the objects.
+* **Spout that cannot start is said so.** A failed ``createOpenGL`` names the OpenGL
+  context or extensions; a receive that fails while the sender is still listed names
+  ``OpenSpout`` (DirectX 11, OpenGL extensions) instead of reporting the sender closed; a
+  sender's first send that fails names it too.
 * **No garbage frames.** Each receive goes into a fresh buffer in which a fixed pseudo-random
   pattern is written at 64 spread-out byte positions. Spout writes a frame whole or not at
   all, so a buffer whose pattern is intact was not written, whatever ``receiveImage`` and
-  ``isFrameNew`` said: it is never delivered. And after every (re)connection, change of
-  sender and change of size, the first frame that *was* written is dropped too: the PBO ring
-  may still hold a picture from before the change.
+  ``isFrameNew`` said: it is never delivered. That is also all a (re)connection needs: the
+  ring that held the previous sender's pictures is gone, so nothing from before can come.
+* **Frame rate of senders that do not count frames.** Whenever Spout cannot tell new frames
+  from old (counting off, or the sender's count stays 0) delivery is capped at ``fps``.
 * **Never our own output.** ``spout://`` takes the active sender, but this module picks it
   itself, skipping every sender name this process's sinks registered (and
   ``livediffusion``, the default sink name), then pins the receiver to that name, as Spout's
@@ -202,11 +207,16 @@ class _ThreadGL:
         self._given_up: list[_Owned] = []
         holder = spout.SpoutReceiver()
         # spoutGL::CreateOpenGL: a hidden window and context, current on this thread (or
-        # nothing, when the thread already has a context of its own).
+        # nothing, when the thread already has a context of its own), then the extensions.
         if not holder.createOpenGL():
+            # It may have made the context before the extensions failed: release it here.
+            with contextlib.suppress(Exception):
+                holder.closeOpenGL()
             raise TransportError(
-                f"Spout could not create an OpenGL context on thread {self.thread_name!r} "
-                "(SpoutGL createOpenGL failed: no graphics driver or no desktop session?)"
+                f"Spout could not set up OpenGL on thread {self.thread_name!r}: SpoutGL "
+                "createOpenGL failed (no OpenGL context could be made, or the OpenGL "
+                "extensions Spout needs did not load: is the graphics driver installed, "
+                "and is this a desktop session?)"
             )
         self._holder: Any = holder
 
@@ -346,6 +356,15 @@ def _fresh(height: int, width: int) -> Pixels:
 # -- source --------------------------------------------------------------------------------
 
 
+def _cannot_read(name: str) -> str:
+    """Why a receive fails while the sender is still listed: Spout's start, not the sender."""
+    return (
+        f"Spout cannot read sender {name!r} although it is there: OpenSpout failed "
+        "(DirectX 11 could not start, or the OpenGL extensions Spout needs are missing), "
+        "or the sender's texture format is one Spout cannot share"
+    )
+
+
 def open_source(uri: SourceURI) -> SpoutSource:
     options = Options(uri, role="source")
     wait = options.number("wait", 0.0, minimum=0.0, maximum=600.0)
@@ -364,10 +383,11 @@ class SpoutSource(LiveSource):
     never our own output in the latter case (unless ``own``).
 
     The receiver and its OpenGL context are made on the reading thread, at the first read.
-    ``flip`` turns pictures upside down (OpenGL senders may send them that way). When the
-    sender does not count frames (SpoutSettings' frame counting off), Spout cannot tell new
-    frames from old, so delivery is capped at ``fps``. A sender that quits is waited for and
-    picked up again when it returns, at any size.
+    ``flip`` turns pictures upside down (OpenGL senders may send them that way). When Spout
+    cannot tell new frames from old (frame counting off in SpoutSettings, or a sender that
+    counts no frames: its count stays 0), delivery is capped at ``fps``. A sender that quits
+    is waited for and picked up again when it returns, at any size. When Spout itself cannot
+    start (no DirectX 11, no OpenGL extensions) the source keeps waiting and says why once.
     """
 
     def __init__(
@@ -390,7 +410,6 @@ class SpoutSource(LiveSource):
         self._receiver: _Owned | None = None
         self._sender: str | None = None
         self._buffer: Pixels | None = None
-        self._discard = 0
         self._last = 0.0
         if wait > 0:
             self._wait_until_visible(wait)
@@ -441,14 +460,15 @@ class SpoutSource(LiveSource):
             return False
         # Pinned by name: Spout's own "active sender" choice could be our output.
         receiver.setReceiverName(chosen)
-        self._start(chosen)
+        # The first receive runs OpenSpout and finds the sender (it reads nothing yet).
+        if not receiver.receiveImage(None, self._format, self._flip, 0):
+            if self._listed(receiver, chosen):
+                raise TransportError(_cannot_read(chosen))
+            return False  # gone again since it was listed
+        self._sender = chosen
+        self._buffer = None
         log.info("Spout: receiving %r", chosen)
         return True
-
-    def _start(self, name: str) -> None:
-        self._sender = name
-        self._buffer = None
-        self._discard = 0
 
     def _grab(self, deadline: float) -> Frame | None:
         del deadline  # one receive: it never blocks
@@ -458,27 +478,33 @@ class SpoutSource(LiveSource):
         receiver = owned.obj
         buffer = self._buffer
         if not receiver.receiveImage(buffer, self._format, self._flip, 0):
-            raise SourceLost(f"Spout sender {self._sender!r} closed")
+            name = str(self._sender)
+            if self._listed(receiver, name):
+                raise SourceLost(_cannot_read(name))
+            raise SourceLost(f"Spout sender {name!r} closed")
         if receiver.isUpdated() or buffer is None:
             # A new sender or size: this receive read nothing (Spout.cpp ReceiveImage).
             width, height = int(receiver.getSenderWidth()), int(receiver.getSenderHeight())
             self._buffer = _fresh(height, width) if width > 0 and height > 0 else None
-            self._discard = 1
             return None
         if not receiver.isFrameNew():
             return None  # nothing read (ReadGLDXpixels returns before reading)
-        now = time.monotonic()
         if _untouched(buffer):
-            return None  # "new" but not written: an empty PBO, or a size change inside Spout
-        if self._discard > 0 or (
-            not receiver.isFrameCountEnabled() and now - self._last < self._period
-        ):
-            self._discard = max(0, self._discard - 1)
+            return None  # "new" but not written: a new ring's empty PBO
+        # Counting off, or a sender whose count stays 0: every receive says "new".
+        uncounted = not receiver.isFrameCountEnabled() or int(receiver.getSenderFrame()) == 0
+        now = time.monotonic()
+        if uncounted and now - self._last < self._period:
             _arm(buffer)  # written, but not delivered: mark it unwritten again
             return None
         self._last = now
         self._buffer = _fresh(*buffer.shape[:2])
         return Frame(buffer, time.monotonic())
+
+    @staticmethod
+    def _listed(receiver: Any, name: str) -> bool:
+        """Whether ``name`` is still in Spout's sender list (shared memory, no OpenGL)."""
+        return name in {str(listed) for listed in receiver.getSenderList()}
 
     def _disconnect(self) -> None:
         self._sender = None
@@ -550,6 +576,12 @@ class SpoutSink(LiveSink):
             assert owned is not None
         # Width first, whatever the binding's parameter names say (see the module doc).
         if not owned.obj.sendImage(pixels, width, height, self._format, self._flip, 0):
+            if self._listed_before is not None:  # the first send: Spout itself did not start
+                raise TransportError(
+                    f"Spout could not start sender {self.name!r}: OpenSpout or the shared "
+                    "DirectX 11 texture failed (is DirectX 11 available, with the graphics "
+                    "driver installed?)"
+                )
             raise TransportError(f"Spout could not send a {width}x{height} frame as {self.name!r}")
         if self._listed_before is not None:
             self._note_registered_name(self._listed_before)

@@ -19,7 +19,7 @@ from .errors import BackendUnavailableError, BridgeError, InvalidURIError, Trans
 from .frame import FrameSink, FrameSource
 from .uri import parse_uri
 
-__all__ = ["list_sources", "open_sink", "open_source", "pump_events"]
+__all__ = ["check_transport", "list_sources", "open_sink", "open_source", "pump_events"]
 
 
 # scheme -> the private module that implements it; imported on first use only.
@@ -76,6 +76,16 @@ def open_sink(uri: str) -> FrameSink:
         )
     sink: FrameSink = _module(_SINK_MODULES[parsed.scheme]).open_sink(parsed)
     return sink
+
+
+def check_transport(scheme: str) -> None:
+    """Load the library behind ``scheme`` (``ndi``, ``syphon``, ``spout``) as opening it
+    would, and raise :class:`BackendUnavailableError` with the same one-line reason (missing,
+    too old, wrong OS) when it cannot run here; ``livediffusion doctor`` reports that line."""
+    name = _SOURCE_MODULES.get(scheme)
+    if name is None or not hasattr(_module(name), "_load"):
+        raise InvalidURIError(f"{scheme}:// has no library to check")
+    _module(name)._load()
 
 
 def _listed_kinds() -> list[str]:

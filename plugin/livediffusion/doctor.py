@@ -190,6 +190,12 @@ def _check_ndi(context: Context) -> Outcome:
     if find_spec("NDIlib") is None:
         # NDI is the default transport off macOS; on a Mac Syphon is, and NDI is optional.
         return ("SKIP" if sys.platform == "darwin" else "FAIL"), f"not installed: {NDI_HINT}"
+    from livediffusion_bridge import BackendUnavailableError, check_transport
+
+    try:
+        check_transport("ndi")  # the version check the NDI transport makes when it opens
+    except BackendUnavailableError as exc:
+        return "FAIL", str(exc)
     (ndi,) = _import("NDIlib")
     if not ndi.initialize():
         cpu = "" if ndi.is_supported_CPU() else " (this CPU is not supported by NDI)"

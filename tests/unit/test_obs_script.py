@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ast
 import fnmatch
+import functools
 import os
 import signal
 import socket
@@ -152,6 +153,49 @@ def test_the_fake_refuses_what_obs_refuses(host: Host) -> None:
     host.prop("start").callback = lambda props, prop: None
     with pytest.raises(ContractError, match="not a bool"):
         host.click("start")
+
+
+def test_a_button_callback_that_is_no_plain_function_is_dropped_as_obs_drops_it(
+    host: Host,
+) -> None:
+    """obs-scripting-python.c properties_add_button: PyFunction_Check, else None and no
+    button. Plain functions and lambdas are functions; bound methods, partials, callable
+    objects and builtins are not."""
+    _load(host)
+    obs: Any = sys.modules["obspython"]
+
+    class Panel:
+        def press(self, props: object, prop: object) -> bool:
+            return False
+
+        def __call__(self, props: object, prop: object) -> bool:
+            return False
+
+    def plain(props: object, prop: object) -> bool:
+        return False
+
+    host.world.phase, host.world.showing = "properties", host.world.showing + 1
+    props = obs.obs_properties_create()
+    kept = {
+        "plain": plain,
+        "lambda": lambda props, prop: False,
+    }
+    dropped = {
+        "method": Panel().press,
+        "partial": functools.partial(lambda which, props, prop: False, "x"),
+        "object": Panel(),
+        "builtin": print,
+    }
+    for name, callback in {**kept, **dropped}.items():
+        added = obs.obs_properties_add_button(props, name, name, callback)
+        assert (added is None) is (name in dropped), name
+    assert set(props.items) == set(kept)
+    assert len(host.world.dropped) == len(dropped)
+    # The script's own buttons all pass that rule (each is a module-level function).
+    host.world.phase = "idle"
+    host.show()
+    assert len(host.world.dropped) == len(dropped)
+    assert host.props is not None and {"start", "stop", "refresh"} <= set(host.props.items)
 
 
 # --- OSC -----------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ from livediffusion_bridge import (
     open_sink,
     open_source,
 )
-from livediffusion_bridge.errors import BackendUnavailableError, InvalidURIError
+from livediffusion_bridge.errors import BackendUnavailableError, InvalidURIError, TransportError
 from spoutgl_fake import GL_RGBA
 
 T = TypeVar("T")
@@ -161,8 +161,8 @@ def test_the_fake_receives_nothing_on_connect_and_one_frame_late(raw: ModuleType
     with pytest.raises(BufferError):
         receiver.receiveImage(buffer, GL_RGBA, False, 0)
 
-    # A sender that leaves, and one of the same name and size that comes: the ring still
-    # holds the old sender's picture.
+    # A sender that leaves, and one of the same name and size that comes: the ring went
+    # with ReleaseReceiver (2.007.014), so nothing of the departed sender comes back.
     big = np.full((64, 96, 4), 7, np.uint8)
     cam.send(flat(40, 64, 96))
     receiver.receiveImage(big, GL_RGBA, False, 0)
@@ -174,13 +174,132 @@ def test_the_fake_receives_nothing_on_connect_and_one_frame_late(raw: ModuleType
     again = world.sender("cam")
     again.send(flat(60, 64, 96))
     assert receiver.receiveImage(big, GL_RGBA, False, 0) and receiver.isUpdated()
+    big[:] = 7
     again.send(flat(70, 64, 96))
     assert receiver.receiveImage(big, GL_RGBA, False, 0) and receiver.isFrameNew()
-    assert (big[..., 0] == 50).all()  # the departed sender's last picture
+    assert (big == 7).all()  # a new ring: its first read writes nothing
+    again.send(flat(80, 64, 96))
+    assert receiver.receiveImage(big, GL_RGBA, False, 0)
+    assert (big[..., 0] == 70).all()  # then one frame late, never 50
     receiver.releaseReceiver()
     del receiver  # its destructor frees the PBOs: the context must still be current
     assert holder.closeOpenGL()
     assert world.problems() == []
+
+
+def test_the_fake_deletes_the_pbo_ring_on_release_only_under_a_context(raw: ModuleType) -> None:
+    """SpoutGL.cpp CleanupGL (from ReleaseReceiver) deletes the PBOs when a context is current
+    and nothing without one, so the ring (and its old picture) outlives such a release."""
+    world = raw.world
+    cam = world.sender("cam")
+    holder = raw.SpoutReceiver()
+    assert holder.createOpenGL()
+    receiver = raw.SpoutReceiver()
+    receiver.setReceiverName("cam")
+    buffer = np.full((48, 80, 4), 7, np.uint8)
+
+    def read(value: int, receiver: Any = receiver) -> np.ndarray:
+        cam.send(flat(value))
+        buffer[:] = 7
+        assert receiver.receiveImage(buffer, GL_RGBA, False, 0)
+        return buffer.copy()
+
+    cam.send(flat(0))  # a sender registers at its first frame
+    assert receiver.receiveImage(None, GL_RGBA, False, 0) and receiver.isUpdated()
+    read(1)
+    assert (read(2)[..., 0] == 1).all()
+    receiver.releaseReceiver()  # with the context: the ring is deleted
+    assert receiver.receiveImage(None, GL_RGBA, False, 0) and receiver.isUpdated()
+    assert (read(3) == 7).all()  # a new ring writes nothing at first
+    assert (read(4)[..., 0] == 3).all()
+    in_thread(receiver.releaseReceiver, "no context")  # CleanupGL deletes nothing there
+    assert "releaseReceiver: OpenGL objects released with no context" in world.violations[-1]
+    assert receiver.receiveImage(None, GL_RGBA, False, 0) and receiver.isUpdated()
+    assert (read(5)[..., 0] == 4).all()  # the old ring's picture, from before the release
+    receiver.releaseReceiver()
+    del receiver, read  # the destructor frees the PBOs: the context must still be current
+    assert holder.closeOpenGL()
+
+
+def test_the_fake_says_new_on_every_call_for_a_sender_that_counts_no_frames(
+    raw: ModuleType,
+) -> None:
+    """SpoutFrameCount.cpp GetNewFrame: "Count will still be zero for apps that do not set a
+    frame count", and then every call reads; a counting sender's unchanged count does not."""
+    world = raw.world
+    holder = raw.SpoutReceiver()
+    assert holder.createOpenGL()
+    for counts in (True, False):
+        name = f"counts-{counts}"
+        cam = world.sender(name, counts_frames=counts)
+        cam.send(flat(1))
+        receiver = raw.SpoutReceiver()
+        receiver.setReceiverName(name)
+        assert receiver.receiveImage(None, GL_RGBA, False, 0) and receiver.isUpdated()
+        assert receiver.isFrameCountEnabled()
+        buffer = np.zeros((48, 80, 4), np.uint8)
+        news = []
+        for _ in range(4):  # nothing sent meanwhile
+            assert receiver.receiveImage(buffer, GL_RGBA, False, 0)
+            news.append(receiver.isFrameNew())
+        assert news == ([True, False, False, False] if counts else [True] * 4)
+        assert (receiver.getSenderFrame() > 0) is counts
+        receiver.releaseReceiver()
+        assert receiver.getSenderFrame() == 0  # CleanupFrameCount
+        cam.close()
+    assert holder.closeOpenGL()
+
+
+def test_the_fake_fails_a_format_interop_cannot_share_as_receivesenderdata_does(
+    raw: ModuleType,
+) -> None:
+    world = raw.world
+    holder = raw.SpoutReceiver()
+    assert holder.createOpenGL()
+    cam = world.sender("cam")
+    cam.dx_format = spoutgl_fake.DXGI_FORMAT_R8_UNORM
+    cam.send(flat(1))
+    receiver = raw.SpoutReceiver()
+    receiver.setReceiverName("cam")
+    assert receiver.receiveImage(None, GL_RGBA, False, 0) is False  # the format fails
+    assert receiver.receiveImage(None, GL_RGBA, False, 0) is False  # no buffer: false
+    buffer = np.full((48, 80, 4), 7, np.uint8)
+    for _ in range(3):  # the handle was kept: nothing new, and nothing read
+        cam.send(flat(2))
+        assert receiver.receiveImage(buffer, GL_RGBA, False, 0) and not receiver.isUpdated()
+    assert (buffer == 7).all()
+    receiver.releaseReceiver()
+    del receiver
+    assert holder.closeOpenGL() and world.problems() == []
+
+
+def test_the_fake_fails_to_start_as_openspout_does() -> None:
+    """SpoutGL.cpp: without DirectX 11 every receive and first send fails (OpenSpout); without
+    the OpenGL extensions createOpenGL fails, keeping the context it made, and the first
+    OpenSpout fails while later ones succeed (the DirectX 11 device stays)."""
+    no_dx = spoutgl_fake.make(spoutgl_fake.World(directx=False))
+    no_dx.world.sender("cam").send(flat(1))
+    holder = no_dx.SpoutReceiver()
+    assert holder.createOpenGL()
+    receiver, sender = no_dx.SpoutReceiver(), no_dx.SpoutSender()
+    sender.setSenderName("out")
+    for _ in range(3):
+        assert receiver.receiveImage(None, GL_RGBA, False, 0) is False
+        assert sender.sendImage(flat(1), 80, 48, GL_RGBA, False, 0) is False
+    assert "cam" in receiver.getSenderList() and "out" not in no_dx.world.textures
+    assert holder.closeOpenGL() and no_dx.world.problems() == []
+
+    no_ext = spoutgl_fake.make(spoutgl_fake.World(gl_extensions=False))
+    no_ext.world.sender("cam").send(flat(1))
+    holder = no_ext.SpoutReceiver()
+    assert holder.createOpenGL() is False
+    assert no_ext.world.open_contexts() != []  # made before the extensions failed
+    receiver = no_ext.SpoutReceiver()
+    assert receiver.receiveImage(None, GL_RGBA, False, 0) is False
+    assert receiver.receiveImage(None, GL_RGBA, False, 0) and receiver.isUpdated()
+    receiver.releaseReceiver()
+    del receiver
+    assert holder.closeOpenGL() and no_ext.world.problems() == []
 
 
 def test_the_fake_keeps_the_bindings_width_height_labels(raw: ModuleType) -> None:
@@ -269,7 +388,7 @@ def test_a_sender_that_returns_is_not_shown_with_its_old_picture(fake: ModuleTyp
         assert source.waiting_for == "Spout sender 'cam'"
         blue = world.sender("cam")
         (frame,) = receive_until(source, 1, lambda i: blue.send(flat(30)))
-    assert (frame.pixels[..., 0] == 30).all()  # not the red left in Spout's PBO ring
+    assert (frame.pixels[..., 0] == 30).all()  # not the red from before the sender left
     assert source.reconnects == 1
 
 
@@ -345,6 +464,84 @@ def test_without_frame_counting_delivery_is_capped_at_fps(monkeypatch: pytest.Mo
         elapsed = time.monotonic() - started
     assert frames and len(frames) <= elapsed * 20 + 1
     assert module.world.problems() == []
+
+
+def test_the_fps_cap_also_holds_for_a_sender_that_counts_no_frames(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Counting on, but the sender's count stays 0: Spout says "new" on every receive."""
+    module = spoutgl_fake.install(monkeypatch)  # frame counting on
+    cam = module.world.sender("cam", counts_frames=False)
+    cam.send(flat(9))
+    with open_source("spout://cam?fps=20") as source:
+        started = time.monotonic()
+        frames = [f for f in (source.read(0.1) for _ in range(12)) if f is not None]
+        elapsed = time.monotonic() - started
+    assert frames and len(frames) <= elapsed * 20 + 1
+    assert module.world.problems() == []
+
+
+def test_a_counting_sender_that_sends_nothing_new_delivers_nothing_new(fake: ModuleType) -> None:
+    cam = fake.world.sender("cam")
+    with open_source("spout://cam?fps=1000") as source:
+        assert receive_until(source, 1, lambda i: cam.send(flat(9)))
+        assert [source.read(0.01) for _ in range(20)] == [None] * 20
+
+
+def test_spout_that_cannot_start_is_named_not_reported_as_a_closed_sender(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """No DirectX 11: OpenSpout fails on every receive and on a sender's first send."""
+    module = spoutgl_fake.install(monkeypatch, directx=False)
+    module.world.sender("cam").send(flat(1))
+    with caplog.at_level("INFO"), open_source("spout://cam") as source:
+        for _ in range(10):
+            assert source.read(0.05) is None
+        assert source.waiting_for == "Spout sender 'cam'"
+    said = [r.getMessage() for r in caplog.records]
+    named = [m for m in said if "OpenSpout" in m and "DirectX 11" in m]
+    assert len(named) == 1, said  # once, however often it is retried
+    assert not [m for m in said if "closed" in m or "lost" in m], said
+    with open_sink("spout://out") as sink, pytest.raises(TransportError, match="OpenSpout"):
+        sink.publish(flat(2))
+    assert "out" not in module.world.textures
+    assert module.world.problems() == []
+
+
+def test_missing_opengl_extensions_are_named_and_leave_no_context_behind(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    module = spoutgl_fake.install(monkeypatch, gl_extensions=False)
+    module.world.sender("cam").send(flat(1))
+    with caplog.at_level("INFO"), open_source("spout://cam") as source:
+        for _ in range(10):
+            assert source.read(0.05) is None
+    said = [r.getMessage() for r in caplog.records if "OpenGL extensions" in r.getMessage()]
+    assert len(said) == 1 and "createOpenGL" in said[0], said
+    with open_sink("spout://out") as sink, pytest.raises(TransportError, match="extensions"):
+        sink.publish(flat(2))
+    assert module.world.problems() == []  # each context made before the failure was closed
+
+
+def test_a_sender_spout_cannot_read_is_named_not_reported_as_closed(
+    fake: ModuleType, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A sender that switches to a texture format GL/DX interop cannot take (Spout.cpp
+    ReceiveSenderData) stays listed while every read fails: that is no closed sender."""
+    cam = fake.world.sender("cam")
+    with caplog.at_level("INFO"), open_source("spout://cam") as source:
+        assert receive_until(source, 2, lambda i: cam.send(flat(5)))
+        cam.dx_format = spoutgl_fake.DXGI_FORMAT_R8_UNORM
+        for _ in range(10):
+            cam.send(flat(6))
+            assert source.read(0.05) is None
+        assert source.waiting_for == "Spout sender 'cam'"
+        cam.dx_format = spoutgl_fake.DXGI_FORMAT_B8G8R8A8_UNORM
+        frames = receive_until(source, 2, lambda i: cam.send(flat(7)))
+        assert [int(f.pixels[0, 0, 0]) for f in frames] == [7, 7]
+    said = [r.getMessage() for r in caplog.records]
+    assert [m for m in said if "although it is there" in m], said
+    assert not [m for m in said if "closed" in m], said
 
 
 def test_wait_fails_at_open_naming_what_is_there(fake: ModuleType) -> None:

@@ -325,8 +325,13 @@ def test_the_fake_refuses_misuse() -> None:
     for bad in ("strength", "StrengthA", "Strength_1", "1strength"):
         with pytest.raises(ValueError, match="uppercase letter"):
             page.appendFloat(bad)
+    # Page Class: appendFloat(name, label=None, size=1, order=None, replace=True)
+    assert page.appendFloat("Gain", "Gain (dB)")[0].label == "Gain (dB)"  # label by position
+    assert page.appendToggle("Mute", "Mute it")[0].label == "Mute it"
+    with pytest.raises(ValueError, match="number of values"):
+        page.appendFloat("Level", "Level", 0.0, 1.0)  # (name, label, min, max) is not it
     with pytest.raises(TypeError):
-        page.appendFloat("Strength", "Strength")  # type: ignore[misc]  # label is keyword-only
+        page.appendFloat("Level", min=0.0)  # type: ignore[call-arg]
     par = page.appendFloat("Strength", label="Strength")[0]
     with pytest.raises(AttributeError):
         par.nomMax = 1.0  # not a Par member
