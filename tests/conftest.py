@@ -35,3 +35,13 @@ def make_tiny_backend(tiny_folder: Path) -> Callable[..., Any]:
         return TorchBackend.from_components(model, TorchOptions(**options))
 
     return make
+
+
+@pytest.fixture
+def coreml_mac(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """This process as an Apple Silicon Mac on macOS 15.3, with coremltools' native module
+    stubbed (tests/coremlpython_stub.py) and its real Python layer running above it."""
+    pytest.importorskip("coremltools", reason="the Core ML path needs coremltools")
+    from coremlpython_stub import install
+
+    return install(monkeypatch, tmp_path_factory.mktemp("coreml-native"))
