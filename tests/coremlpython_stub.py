@@ -504,6 +504,23 @@ def native_module(world: CoreMLWorld) -> types.ModuleType:
     return module
 
 
+def _warm_sysconfig() -> None:
+    """Read sysconfig (and numpy.testing, which reads it on import) for the real OS first: a
+    lazy first read after ``sys.platform`` changed looks for the other OS's config module."""
+    import sysconfig
+
+    import numpy.testing  # noqa: F401
+
+    sysconfig.get_config_vars()
+
+
+def as_linux(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make this process Linux for livediffusion and coremltools (``sys.platform``), so the
+    "convert on Linux" half of a test also runs as such on a Mac."""
+    _warm_sysconfig()
+    monkeypatch.setattr(sys, "platform", "linux")
+
+
 def install(
     monkeypatch: pytest.MonkeyPatch,
     tmp_path: Path,
@@ -513,13 +530,10 @@ def install(
 ) -> CoreMLWorld:
     """Make this process an Apple Silicon Mac on ``macos`` as far as coremltools and
     livediffusion can tell, with the stub as Core ML. Undone by ``monkeypatch``."""
-    import sysconfig
-
     import coremltools
-    import numpy.testing  # noqa: F401 - its import reads sysconfig, which would then look for darwin
     from coremltools.models import _compiled_model, compute_device, compute_plan, model, utils
 
-    sysconfig.get_config_vars()  # read (and cached) for this Linux before sys.platform changes
+    _warm_sysconfig()
     world = CoreMLWorld(macos, tmp_path)
     native = native_module(world)
     monkeypatch.setitem(sys.modules, "coremltools.libcoremlpython", native)
