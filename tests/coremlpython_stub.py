@@ -345,7 +345,8 @@ class _MLModelProxy:
             outputs[declared.name] = _to_python(
                 array.astype(_NUMPY[declared.dtype]), declared.dtype
             )
-        self.world.events.append(Event("predict", str(self._compiled)))
+        fed = {a.name: np.array(features[a.name]) for a in description.inputs}  # what Core ML read
+        self.world.events.append(Event("predict", str(self._compiled), {"inputs": fed}))
         return outputs
 
     def _check_inputs(self, features: Mapping[str, Any]) -> None:

@@ -149,18 +149,30 @@ def test_a_reset_frame_ignores_the_state_the_last_scene_left(
     assert np.abs(out.astype(int) - first.astype(int)).mean() > 0  # the state counts again
 
 
-def test_the_fused_feed_is_built_once_and_reused(make_backend: Callable[..., Any]) -> None:
-    """coremltools replaces a float16 array in the caller's dict by a float32 copy
-    (``_update_float16_multiarray_input_to_float32``): a feed of anything but float32 views
-    would silently stop following the buffers after the first frame."""
+def test_every_frame_feeds_core_ml_its_current_inputs_through_one_reused_feed(
+    make_backend: Callable[..., Any], coreml_mac: Any
+) -> None:
+    """The feed is built once from views of the step's buffers. coremltools replaces a float16
+    array in the caller's dict by a float32 copy (``_update_float16_multiarray_input_to_float32``),
+    so a feed of anything but float32 views would silently keep feeding Core ML the first
+    frame's values: what Core ML receives is checked against the buffers every frame."""
     backend, _ = make_backend("fused", "macOS14")
     backend.set_prompt(backend.encode_prompt("rain"))
     feed = backend._feed
     arrays = {name: id(array) for name, array in feed.items()}
-    assert all(array.dtype == np.float32 for array in feed.values())
     out = np.zeros((64, 64, 4), dtype=np.uint8)
-    for seed in range(3):
-        backend.step(_picture(64, 64, seed), FrameParams(feedback=0.2), out=out)
+    for seed, feedback in ((0, 0.2), (1, 0.5), (2, 0.8)):
+        backend.set_seed(seed + 10)  # new noise every frame, written into the same buffers
+        backend.step(_picture(64, 64, seed), FrameParams(feedback=feedback), out=out)
+        received = coreml_mac.of_kind("predict")[-1].detail["inputs"]
+        current = {
+            "image": backend._image,
+            "controls": backend.inputs.controls,
+            "noise_to": backend.inputs.noise_to,
+            "embeds_to": backend.inputs.embeds_to,
+        }  # (previous_x0 already holds this frame's x0, for the next)
+        for name, tensor in current.items():
+            np.testing.assert_array_equal(received[name], tensor.numpy(), err_msg=name)
     assert backend._feed is feed
     assert {name: id(array) for name, array in feed.items()} == arrays
 
