@@ -181,9 +181,10 @@ def build_parser() -> argparse.ArgumentParser:
     doctor = commands.add_parser(
         "doctor",
         help="check that this machine's backends and transports work; paste it in bug reports",
-        description="Check which backends and transports work here, with a one-frame "
-        "Core ML vs torch comparison and a Syphon round trip on a Mac. Weights are random "
-        "unless --weights says otherwise, at 256x256 unless --size does (same paths, quicker).",
+        description="Check which backends and transports work here; on a Mac also the whole "
+        "Core ML path on a tiny model (convert, compile, load, a frame against torch, one row "
+        "each) and a Syphon round trip. The torch frame uses random weights unless --weights "
+        "says otherwise, at 256x256 unless --size does (same paths, quicker).",
     )
     _arguments(
         doctor,
