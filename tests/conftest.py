@@ -68,3 +68,13 @@ def syphon_mac(monkeypatch: pytest.MonkeyPatch, syphon_wheel: Path) -> Iterator[
     for world in worlds:
         world.shutdown()
         assert world.errors == [], world.errors  # nothing failed inside a message or callback
+
+
+@pytest.fixture
+def coreml_mac(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """This process as an Apple Silicon Mac on macOS 15.3, with coremltools' native module
+    stubbed (tests/coremlpython_stub.py) and its real Python layer running above it."""
+    pytest.importorskip("coremltools", reason="the Core ML path needs coremltools")
+    from coremlpython_stub import install
+
+    return install(monkeypatch, tmp_path_factory.mktemp("coreml-native"))

@@ -92,12 +92,13 @@ def _torch_build(config: ServeConfig, model: LoadedModel) -> Backend:
 
 
 def _coreml_check(config: ServeConfig) -> None:
-    from livediffusion_models.coreml import default_target
+    from livediffusion_models.coreml import check_hints, default_target
     from livediffusion_models.coreml.convert import resolve_stateful
     from livediffusion_models.coreml.runtime import require_runtime
 
     require_runtime()
     settings = config.coreml
+    check_hints(settings)
     target = settings.target or default_target()
     resolve_stateful(settings.variant, settings.precision, target, settings.states)
 

@@ -76,10 +76,13 @@ def _flag_type(option: Option) -> Callable[[str], Any]:
 
 _MODEL_KEYS = ("model", "weights", "backend", "device", "dtype", "cache_dir")
 _COREML_KEYS = ("variant", "precision", "target", "compute_units", "states")
+_COREML_HINT_KEYS = ("low_precision_accumulation", "specialization")
+"""Load-time only (Core ML optimization hints): serve, bench and doctor, not convert."""
 
 
 def _coreml_settings(args: argparse.Namespace) -> CoreMLSettings:
-    return CoreMLSettings(**{key: getattr(args, key) for key in _COREML_KEYS})
+    keys = (*_COREML_KEYS, *_COREML_HINT_KEYS)
+    return CoreMLSettings(**{key: getattr(args, key) for key in keys if hasattr(args, key)})
 
 
 class _Parser(argparse.ArgumentParser):
@@ -146,7 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
         "source paper's M3 Ultra figures. Weights are random unless --weights says otherwise "
         "(the speed is the architecture's).",
     )
-    _arguments(bench, (*_MODEL_KEYS, "compile", "size", *_COREML_KEYS))
+    _arguments(bench, (*_MODEL_KEYS, "compile", "size", *_COREML_KEYS, *_COREML_HINT_KEYS))
     bench.add_argument("--frames", type=int, default=50, help="timed runs per stage (50)")
     bench.add_argument("--warmup", type=int, default=5, help="untimed frames first (5)")
     bench.add_argument("--json", metavar="FILE", help="also write the results as JSON")
@@ -178,11 +181,16 @@ def build_parser() -> argparse.ArgumentParser:
     doctor = commands.add_parser(
         "doctor",
         help="check that this machine's backends and transports work; paste it in bug reports",
-        description="Check which backends and transports work here, with a one-frame "
-        "Core ML vs torch comparison and a Syphon round trip on a Mac. Weights are random "
-        "unless --weights says otherwise, at 256x256 unless --size does (same paths, quicker).",
+        description="Check which backends and transports work here; on a Mac also the whole "
+        "Core ML path on a tiny model (convert, compile, load, a frame against torch, one row "
+        "each) and a Syphon round trip. The torch frame uses random weights unless --weights "
+        "says otherwise, at 256x256 unless --size does (same paths, quicker).",
     )
-    _arguments(doctor, (*_MODEL_KEYS, "size", *_COREML_KEYS), defaults={"size": (256, 256)})
+    _arguments(
+        doctor,
+        (*_MODEL_KEYS, "size", *_COREML_KEYS, *_COREML_HINT_KEYS),
+        defaults={"size": (256, 256)},
+    )
     doctor.add_argument(
         "--quick", action="store_true", help="only imports and transports, no model"
     )
@@ -311,9 +319,10 @@ def _convert(args: argparse.Namespace) -> int:
     weights = args.weights or spec.hub_id
     size = args.size or (spec.default_size, spec.default_size)
     settings = _coreml_settings(args)
-    target = settings.target or default_target()
     # a contradiction in the options is said now, not after a minute of loading weights
-    resolve_stateful(settings.variant, settings.precision, target, settings.states)
+    resolve_stateful(
+        settings.variant, settings.precision, settings.target or default_target(), settings.states
+    )
     log.info("loading %s (%s weights) in float32 for conversion", spec.name, weights)
     model = load_model(spec, weights, cache_dir=args.cache_dir, progress=True)
     converted = convert(
@@ -322,7 +331,7 @@ def _convert(args: argparse.Namespace) -> int:
         fingerprint=model.fingerprint,
         size=size,
         precision=settings.precision,
-        target=target,
+        target=settings.target,
         variant=settings.variant,
         stateful=settings.states,
         cache_dir=args.cache_dir,
@@ -332,13 +341,45 @@ def _convert(args: argparse.Namespace) -> int:
     for program in converted.programs.values():
         print(f"  {program.package.name}")
     if _sys.platform != "darwin":
-        print(
-            "# to use these on a Mac, copy the folder to the same place under its cache "
-            f"(~/Library/Caches/livediffusion/coreml/{spec.name}/) and serve there with the "
-            "same --model, --weights, --size and Core ML options",
-            file=_sys.stderr,
-        )
+        for line in for_a_mac(converted, model=spec.name, weights=args.weights, given=settings):
+            print(f"# {line}", file=_sys.stderr)
     return 0
+
+
+def for_a_mac(
+    converted: Any, *, model: str, weights: str | None, given: CoreMLSettings
+) -> list[str]:
+    """What to copy where, and the exact command that finds it, for programs made off macOS.
+
+    The Mac finds the folder when its key is equal: the same model, weights fingerprint,
+    size, precision, variant, states, coremltools version and livediffusion code, and a target
+    ``--target auto`` accepts there (macOS14 on any Mac, macOS15 on 15+).
+    """
+    key = converted.key
+    height, width = key.size
+    flags = [f"--model {model}"]
+    if weights:
+        flags.append(f"--weights {weights}")
+    flags.append(f"--size {width}x{height}")
+    defaults = CoreMLSettings()
+    if key.variant != defaults.variant:
+        flags.append(f"--variant {key.variant}")
+    if key.precision != defaults.precision:
+        flags.append(f"--precision {key.precision}")
+    if given.target is not None:
+        flags.append(f"--target {key.target}")
+    if given.states is not None:
+        flags.append(f"--states {'on' if key.stateful else 'off'}")
+    where = f"coreml/{model}/{converted.folder.name}"
+    needs = "macOS 15 or newer" if key.target == "macOS15" else "macOS 14 or newer"
+    return [
+        f"for a Mac ({needs}, coremltools {key.coremltools}, the same weights): copy this "
+        "folder, keeping its name, to",
+        f"  ~/Library/Caches/livediffusion/{where}/",
+        "(or $LIVEDIFFUSION_CACHE/..., or --cache-dir DIR/... there), then run there:",
+        f"  livediffusion serve --backend coreml {' '.join(flags)}",
+        "it is found as it is (no conversion): compiled once on the first start, then loaded",
+    ]
 
 
 def _check_config(args: argparse.Namespace) -> ServeConfig:

@@ -38,6 +38,7 @@ from livediffusion.controls import (
 from livediffusion_models.coreml import (
     COMPUTE_UNITS,
     PRECISIONS,
+    SPECIALIZATIONS,
     TARGETS,
     VARIANTS,
     CoreMLSettings,
@@ -465,7 +466,8 @@ def _build_options() -> tuple[Option, ...]:
             "oldest macOS the programs run on; macOS15 keeps the temporal state on the device",
             _choice(TARGETS, none="auto"),
             metavar="auto|" + "|".join(TARGETS),
-            default_text="auto: macOS15 on a Mac running 15+, else macOS14",
+            default_text="auto: a cached conversion this Mac runs (newest first), else "
+            "macOS15 on a Mac running 15+, macOS14 elsewhere",
         ),
         _coreml(
             "compute_units",
@@ -479,6 +481,22 @@ def _build_options() -> tuple[Option, ...]:
             _states,
             metavar="auto|on|off",
             default_text="auto",
+        ),
+        _coreml(
+            "low_precision_accumulation",
+            "Core ML optimization hint allowLowPrecisionAccumulationOnGPU (macOS 15+): sums in "
+            "fp16 on the GPU; unmeasured here: compare `livediffusion bench` and `doctor`'s "
+            "PSNR on your Mac with and without it",
+            _switch,
+            boolean=True,
+        ),
+        _coreml(
+            "specialization",
+            "Core ML optimization hint specializationStrategy (macOS 15+): fast-prediction "
+            "trades a longer first load for faster frames; unmeasured here: compare with "
+            "`livediffusion bench` on your Mac",
+            _choice(SPECIALIZATIONS),
+            choices=SPECIALIZATIONS,
         ),
         _look("prompt", "prompt A (/prompt)", metavar="TEXT"),
         _look("prompt_b", "prompt B for the morph (/prompt/b); '' for none", metavar="TEXT"),

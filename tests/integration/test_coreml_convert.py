@@ -2,7 +2,9 @@
 
 Conversion runs on Linux; running the programs needs macOS (tests/macos). What can be
 checked here is everything up to Core ML itself: the ``torch.export`` program equals the
-eager ``FrameStep``, and the saved ML programs declare the expected interface.
+eager ``FrameStep``, the saved ML programs declare the expected interface, and, on a Mac
+stubbed below coremltools' Python (tests/coremlpython_stub.py), what conversion asks of Core
+ML and which cached target ``--target auto`` picks.
 """
 
 from __future__ import annotations
@@ -173,6 +175,61 @@ def test_a_second_convert_reuses_the_cache(
     )
     assert again.folder == first.folder
     assert time.monotonic() - started < 5  # no conversion (it takes ~10 s here)
+
+
+def test_converting_on_a_mac_never_loads_the_fresh_program_into_core_ml(
+    coreml_mac: Any, tmp_path: Path
+) -> None:
+    """Without ``skip_model_load=True``, ``ct.convert`` on a Mac compiles its result and loads
+    it into Core ML (``MLModel._get_proxy_and_spec``): minutes and gigabytes for a real UNet,
+    thrown away. The only native call conversion may make is compile_programs' one compile
+    per program; and ``--target auto`` on macOS 15 converts for macOS15, with states."""
+    result = convert(
+        make_tiny_family("sdxs-512-0.9"),
+        model="sdxs-512-0.9",
+        fingerprint="tiny-on-a-mac",
+        size=SIZE,
+        cache_dir=tmp_path,
+        progress=lambda message: None,
+    )
+    assert (result.key.target, result.key.stateful) == ("macOS15", True)
+    assert coreml_mac.of_kind("load") == []
+    assert [event.path for event in coreml_mac.of_kind("compile")] == [
+        str(result.programs["step"].package)
+    ]
+    assert result.programs["step"].compiled.is_dir()
+
+
+def test_auto_finds_a_conversion_for_any_target_this_mac_runs(
+    converted: Callable[..., ConvertedModel], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The one target rule: off macOS ``auto`` converts for macOS14, which a Mac on 14 or 15
+    finds as it is; a Mac on 14 never picks a macOS15 folder."""
+    from coremlpython_stub import as_linux, install
+    from livediffusion_models.coreml import runnable_targets
+
+    on_linux = converted("sdxs-512-0.9", "fused")  # target macOS14, as auto off macOS
+    also_15 = converted("sdxs-512-0.9", "fused", target="macOS15")
+    with pytest.MonkeyPatch.context() as linux:
+        as_linux(linux)  # a no-op here; the same claim on the macOS CI job
+        assert runnable_targets() == ("macOS14",)
+
+    def no_conversion(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("converted again although a usable folder was cached")
+
+    monkeypatch.setattr("livediffusion_models.coreml.convert._convert_one", no_conversion)
+    for macos, found in (((15, 3), also_15), ((14, 6), on_linux)):
+        with pytest.MonkeyPatch.context() as mac:
+            install(mac, tmp_path, macos=macos)
+            again = convert(
+                make_tiny_family("sdxs-512-0.9"),
+                model="sdxs-512-0.9",
+                fingerprint="tiny-sdxs-512-0.9",
+                size=SIZE,
+                cache_dir=on_linux.folder.parents[2],
+                progress=lambda message: None,
+            )
+            assert again.folder == found.folder, macos
 
 
 def test_states_are_refused_where_core_ml_has_none(tmp_path: Path) -> None:

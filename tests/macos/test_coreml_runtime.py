@@ -1,18 +1,28 @@
 """Core ML itself, on a Mac: converted programs against torch, the backend, bench and doctor.
 
 Skipped elsewhere: the Core ML runtime exists only on macOS (coremltools' native module is
-shipped only in its macOS wheels). Run on a Mac with ``./run test -m macos``.
+shipped only in its macOS wheels). These tests never use tests/coremlpython_stub.py: each
+checks that the native module it runs on is coremltools' own. Run on a Mac with
+``.venv/bin/python -m pytest tests/macos -m macos`` (the macOS CI job does).
 """
 
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from livediffusion_models.coreml import PSNR_PASS_DB, Target, Variant, runtime_available
+from livediffusion_models.coreml import (
+    PSNR_PASS_DB,
+    CoreMLSettings,
+    Target,
+    Variant,
+    macos_version,
+    runtime_available,
+)
 
 pytestmark = [
     pytest.mark.macos,
@@ -21,12 +31,27 @@ pytestmark = [
     ),
 ]
 
+
+@pytest.fixture(autouse=True)
+def real_core_ml() -> Iterator[None]:
+    """The native module is coremltools' compiled one, not the stub, before and after."""
+
+    def check() -> None:
+        native = sys.modules.get("coremltools.libcoremlpython")
+        if native is None:
+            import coremltools.libcoremlpython as native
+        assert str(getattr(native, "__file__", "")).endswith(".so"), native
+
+    check()
+    yield
+    check()
+
+
 TARGETS: list[Target] = ["macOS14", "macOS15"] if sys.platform == "darwin" else []
 
 
 @pytest.mark.parametrize("target", TARGETS)
 def test_core_ml_matches_torch_per_stage_and_fused(tmp_path: Path, target: Target) -> None:
-    from livediffusion_models.coreml import macos_version
     from livediffusion_models.coreml.compare import compare_with_torch
     from tinymodel import make_tiny_family
 
@@ -38,7 +63,7 @@ def test_core_ml_matches_torch_per_stage_and_fused(tmp_path: Path, target: Targe
         model="sdxs-512-0.9",
         fingerprint="tiny",
         size=(64, 64),
-        target=target,
+        settings=CoreMLSettings(target=target),
         cache_dir=tmp_path,
     )
     assert set(scores) == {"encoder", "unet", "decoder", "fused"}
@@ -51,7 +76,6 @@ def test_the_backend_runs_frames_from_the_loading_path(
 ) -> None:
     from livediffusion_models.backends import FrameParams
     from livediffusion_models.backends.coreml_backend import CoreMLBackend, CoreMLOptions
-    from livediffusion_models.coreml import CoreMLSettings
     from livediffusion_models.registry import get_model
     from livediffusion_models.weights import load_model
 
@@ -89,3 +113,33 @@ def test_doctor_syphon_round_trip_passes() -> None:
 
     results = {r.name: r for r in run_checks(Context(ServeConfig(), quick=True))}
     assert results["syphon round trip"].status == "PASS", results["syphon round trip"].detail
+
+
+def test_optimization_hints_load_and_run_on_macos_15(tiny_folder: Path, tmp_path: Path) -> None:
+    from livediffusion_models.backends import FrameParams
+    from livediffusion_models.backends.coreml_backend import CoreMLBackend, CoreMLOptions
+    from livediffusion_models.registry import get_model
+    from livediffusion_models.weights import load_model
+
+    if macos_version() < (15,):
+        pytest.skip("optimization hints need macOS 15")
+    model = load_model(get_model("sdxs-512-0.9"), str(tiny_folder), progress=False)
+    settings = CoreMLSettings(low_precision_accumulation=True, specialization="fast-prediction")
+    backend = CoreMLBackend.from_components(
+        model, CoreMLOptions(size=(64, 64), coreml=settings, cache_dir=str(tmp_path))
+    )
+    backend.set_prompt(backend.encode_prompt("a lighthouse"))
+    out = np.zeros((64, 64, 4), dtype=np.uint8)
+    backend.step(np.full((64, 64, 4), 128, dtype=np.uint8), FrameParams(), out=out)
+    assert out[..., :3].std() > 0
+
+
+def test_doctor_core_ml_rows_pass_one_step_each() -> None:
+    from livediffusion.config import ServeConfig
+    from livediffusion.doctor import CHECKS, Context, run_checks
+
+    names = ("coreml convert", "coreml compile", "coreml load", "coreml frame vs torch")
+    rows = tuple(check for check in CHECKS if check[0] in names)
+    results = list(run_checks(Context(ServeConfig(weights="tiny", size=(64, 64))), rows))
+    assert [r.status for r in results] == ["PASS"] * 4, [(r.name, r.detail) for r in results]
+    assert sum(r.seconds for r in results) < 60.0

@@ -5,8 +5,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import sys
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
 
 from livediffusion_models.coreml import CoreMLUnavailableError, require_coremltools
@@ -152,36 +155,77 @@ def test_missing_coremltools_is_one_sentence_with_the_install_command(
     assert "\n" not in message
 
 
+def _real_package(folder: Path) -> Path:
+    """A real one-op ML program package (coremltools' MIL builder: no torch, under a second)."""
+    ct = pytest.importorskip("coremltools")
+    from coremltools.converters.mil import Builder as mb
+
+    @mb.program(input_specs=[mb.TensorSpec(shape=(1, 4))], opset_version=ct.target.macOS14)
+    def program(x: object) -> object:
+        return mb.relu(x=x, name="y")
+
+    model = ct.convert(
+        program,
+        convert_to="mlprogram",
+        minimum_deployment_target=ct.target.macOS14,
+        skip_model_load=True,
+    )
+    package = folder / "step.mlpackage"
+    model.save(str(package))
+    return package
+
+
+def _write_real(folder: Path) -> dict[str, ConvertedProgram]:
+    package = _real_package(folder)
+    return {
+        "step": ConvertedProgram(
+            name="step", package=package, inputs={"x": (1, 4)}, outputs=("y",), states={}
+        )
+    }
+
+
 def test_on_macos_each_package_is_compiled_once_and_atomically(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, coreml_mac: Any
 ) -> None:
-    """compile_programs against a contract fake of coremltools' compile_model (macOS only):
-    it must get an existing .mlpackage and a destination that does not exist yet."""
-    pytest.importorskip("coremltools")
-    from coremltools.models import utils as ct_utils
+    """compile_programs through coremltools' real compile_model (its destination check and
+    shutil.move of the folder Core ML compiled into a temporary directory)."""
+    import torch
 
     from livediffusion_models.coreml.convert import compile_programs
 
-    compiled: list[str] = []
-
-    def compile_model(model: str, destination_path: str | None = None) -> str:
-        assert model.endswith(".mlpackage") and Path(model).is_dir()
-        assert destination_path is not None and not Path(destination_path).exists()
-        Path(destination_path).mkdir()
-        (Path(destination_path) / "model.mil").write_text("compiled")
-        compiled.append(model)
-        return destination_path
-
-    monkeypatch.setattr(ct_utils, "compile_model", compile_model)
-    monkeypatch.setattr("sys.platform", "darwin")
-    converted = commit_entry(KEY, _write_package, tmp_path)
-    compile_programs(converted, progress=lambda message: None)
+    converted = commit_entry(KEY, _write_real, tmp_path)
     program = converted.programs["step"]
-    assert (program.compiled / "model.mil").read_text() == "compiled"
+    # what a compile killed midway leaves (this pid's temporary name): replaced, not nested
+    leftover = program.compiled.with_name(f".step.tmp-{os.getpid()}.mlmodelc")
+    leftover.mkdir()
+    (leftover / "half").write_text("")
+    compile_programs(converted, progress=lambda message: None)
+    assert program.compiled.is_dir()
     assert sorted(p.name for p in converted.folder.iterdir()) == [
         MANIFEST,
         "step.mlmodelc",
         "step.mlpackage",
     ]
+    (compiled,) = coreml_mac.of_kind("compile")
+    assert compiled.path == str(program.package)
+    assert not Path(compiled.detail["to"]).exists()  # moved out of Core ML's temporary place
     compile_programs(converted, progress=lambda message: None)
-    assert compiled == [str(program.package)]  # the second start loads, never recompiles
+    assert len(coreml_mac.of_kind("compile")) == 1  # the second start loads, never recompiles
+    # and what was compiled is what loads and runs
+    import coremltools as ct
+
+    coreml_mac.register(program.package, torch.nn.ReLU())
+    loaded = ct.models.CompiledMLModel(str(program.compiled), compute_units=ct.ComputeUnit.CPU_ONLY)
+    x = np.array([[-1.0, 2.0, -3.0, 4.0]], dtype=np.float32)
+    np.testing.assert_array_equal(loaded.predict({"x": x})["y"], [[0.0, 2.0, 0.0, 4.0]])
+
+
+def test_off_macos_nothing_is_compiled(tmp_path: Path) -> None:
+    pytest.importorskip("coremltools")
+    from livediffusion_models.coreml.convert import compile_programs
+
+    if sys.platform == "darwin":
+        pytest.skip("this is a Mac")
+    converted = commit_entry(KEY, _write_package, tmp_path)
+    compile_programs(converted, progress=lambda message: None)
+    assert not converted.programs["step"].compiled.exists()

@@ -87,10 +87,27 @@ def test_syphon_and_spout_skip_here_with_their_reasons() -> None:
     assert row(rows, "spout") == ("SKIP", "needs Windows")
 
 
+COREML_ROWS = ("coreml convert", "coreml compile", "coreml load", "coreml frame vs torch")
+
+
 def test_quick_loads_no_model() -> None:
     _, rows, _ = report(ServeConfig())
     assert row(rows, "torch one frame") == ("SKIP", "--quick: no model loaded")
-    assert row(rows, "coreml vs torch") == ("SKIP", "--quick: no model loaded")
+    for name in COREML_ROWS:
+        assert row(rows, name) == ("SKIP", "--quick: no model loaded")
+
+
+def test_the_core_ml_path_is_one_row_per_step_in_order() -> None:
+    names = [name for name, _ in CHECKS]
+    start = names.index("coreml convert")
+    assert tuple(names[start : start + 4]) == COREML_ROWS
+
+
+@linux_only
+def test_core_ml_steps_skip_here_with_the_reason_and_convert_named() -> None:
+    rows = list(run_checks(Context(ServeConfig()), tuple(c for c in CHECKS if c[0] in COREML_ROWS)))
+    assert [r.status for r in rows] == ["SKIP"] * 4
+    assert all("needs macOS 14+" in r.detail and "livediffusion convert" in r.detail for r in rows)
 
 
 @linux_only

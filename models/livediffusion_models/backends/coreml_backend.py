@@ -12,12 +12,15 @@ Host copies per frame (fused), from the picture in numpy to the picture back in 
 
 1. ``to_model``: RGBA uint8 -> float32 planar ``[-1, 1]`` (crop or letterbox and resize in the
    same pass), into a buffer whose numpy view is already in the feed;
-2. coremltools hands each feed array to Core ML, which copies it into its own buffer;
-3. the output arrives as a new numpy array (fp16 at fp16 precision) and is copied into a
-   float32 buffer, which ``to_pixels`` turns into RGBA uint8 in ``out``.
+2. coremltools hands each feed array to Core ML as an MLMultiArray over the same memory
+   (``PybindCompatibleArray`` in coremlpython/CoreMLPythonArray.mm), which Core ML reads;
+3. the fp16 output is widened to a new float32 MLMultiArray and copied into a new float32 numpy
+   array by coremltools' native bridge (``convertArrayValueToPython``,
+   coremlpython/CoreMLPythonUtils.mm: it never returns fp16), copied as it is into a float32
+   buffer, which ``to_pixels`` turns into RGBA uint8 in ``out``.
 
-Without states, ``x0`` and ``smoothed`` also come back to numpy and are copied into the next
-frame's feed: two more copies in and out, which states remove.
+Without states, ``x0`` and ``smoothed`` also come back to numpy (float32, the same way) and are
+copied into the next frame's feed: two more copies in and out, which states remove.
 """
 
 from __future__ import annotations
@@ -207,24 +210,25 @@ class CoreMLBackend(StepInputsBackend):
     @classmethod
     def from_components(cls, components: LoadedModel, options: CoreMLOptions) -> CoreMLBackend:
         """Convert (or find in the cache), compile, load: the whole way from torch modules."""
-        from livediffusion_models.coreml import default_target
+        from livediffusion_models.coreml import check_hints
         from livediffusion_models.coreml.convert import convert
         from livediffusion_models.coreml.runtime import load_programs, require_runtime
 
         require_runtime()  # fail before minutes of conversion, not after
         settings = options.coreml
+        check_hints(settings)
         converted = convert(
             components,
             model=components.spec.name,
             fingerprint=components.fingerprint,
             size=options.size,
             precision=settings.precision,
-            target=settings.target or default_target(),
+            target=settings.target,
             variant=settings.variant,
             stateful=settings.states,
             cache_dir=options.cache_dir,
         )
-        programs = load_programs(converted, compute_units=settings.compute_units)
+        programs = load_programs(converted, settings=settings)
         return cls(components=components, converted=converted, programs=programs, options=options)
 
     @property
@@ -273,6 +277,8 @@ class CoreMLBackend(StepInputsBackend):
         if not self.stateful:
             np.copyto(self._feed["previous_x0"], result["x0"])
             np.copyto(self._feed["previous_output"], result["smoothed"])
+        # float32 already (coremltools 9 widens fp16 outputs; its TODO rdar://92239209 may
+        # return float16 one day, which this copy would then widen): one copy, no cast
         np.copyto(self._result_view, result["output"])
 
     def _run_stages(self) -> None:

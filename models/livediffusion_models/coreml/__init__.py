@@ -24,20 +24,26 @@ from livediffusion_models.errors import ModelError
 
 __all__ = [
     "COMPUTE_UNITS",
+    "HINTS_MACOS",
     "PRECISIONS",
     "PSNR_PASS_DB",
+    "SPECIALIZATIONS",
     "TARGETS",
+    "TARGET_MACOS",
     "VARIANTS",
     "ComputeUnits",
     "CoreMLSettings",
     "CoreMLUnavailableError",
     "Precision",
+    "Specialization",
     "Target",
     "Variant",
+    "check_hints",
     "coremltools_version",
     "default_target",
     "macos_version",
     "require_coremltools",
+    "runnable_targets",
     "runtime_available",
 ]
 
@@ -47,9 +53,18 @@ Precision = Literal["fp16", "fp32"]
 PRECISIONS: tuple[Precision, ...] = ("fp16", "fp32")
 Target = Literal["macOS14", "macOS15"]
 TARGETS: tuple[Target, ...] = ("macOS14", "macOS15")
+TARGET_MACOS: dict[Target, tuple[int, int]] = {"macOS14": (14, 0), "macOS15": (15, 0)}
+"""The macOS each target's programs need (a macOS15 program is spec version 9, iOS18/macOS15)."""
 ComputeUnits = Literal["cpu_and_gpu", "all", "cpu_and_ne"]
 COMPUTE_UNITS: tuple[ComputeUnits, ...] = ("cpu_and_gpu", "all", "cpu_and_ne")
 """``cpu_and_gpu`` first: the source paper measured the Neural Engine 6x slower for this UNet."""
+Specialization = Literal["default", "fast-prediction"]
+SPECIALIZATIONS: tuple[Specialization, ...] = ("default", "fast-prediction")
+"""Core ML's ``MLSpecializationStrategy`` (coremltools ``SpecializationStrategy.Default`` /
+``FastPrediction``): how hard Core ML specialises a program for this Mac when it loads it."""
+HINTS_MACOS = (15, 0)
+"""coremltools refuses any optimization hint below macOS 15 (``_verify_optimization_hint_input``
+in models/model.py), and Core ML has them only from 15 on."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,10 +75,21 @@ class CoreMLSettings:
     variant: Variant = "fused"
     precision: Precision = "fp16"
     target: Target | None = None
-    """None: :func:`default_target` (macOS15 on a Mac running 15+, else macOS14)."""
+    """None (auto): any cached conversion this machine can run, newest target first, else a
+    new one for :func:`default_target`; see :func:`runnable_targets`."""
     compute_units: ComputeUnits = "cpu_and_gpu"
     states: bool | None = None
     """None: Core ML states wherever the target allows them (fused, fp16, macOS15)."""
+    low_precision_accumulation: bool = False
+    """Core ML's ``allowLowPrecisionAccumulationOnGPU`` hint (macOS 15+): fp16 sums on the GPU.
+    Load-time only, not part of the conversion; its speed and PSNR are unmeasured."""
+    specialization: Specialization = "default"
+    """Core ML's ``specializationStrategy`` hint (macOS 15+); load-time only, unmeasured."""
+
+    @property
+    def hinted(self) -> bool:
+        """Whether any optimization hint differs from Core ML's default (so needs macOS 15)."""
+        return self.low_precision_accumulation or self.specialization != "default"
 
 
 INSTALL_HINT = 'pip install "livediffusion[mac]"'
@@ -147,10 +173,33 @@ def runtime_available() -> bool:
     )
 
 
-def default_target() -> Target:
-    """macOS15 (Core ML states, fused attention) where this Mac runs 15+, else macOS14.
+def runnable_targets() -> tuple[Target, ...]:
+    """The targets ``--target auto`` accepts here, newest first.
 
-    Off macOS the oldest supported target, so a package prepared elsewhere loads on any
-    Apple Silicon Mac that runs livediffusion; pass ``--target macOS15`` for a newer one.
+    On a Mac: every target this macOS runs (macOS15 and macOS14 on 15+, macOS14 on 14), so a
+    folder converted elsewhere for either is found before anything is converted again. Off
+    macOS: macOS14 only, the target every Mac that runs livediffusion loads, so a folder
+    ``convert`` prepares on Linux is found by a Mac on 14 or 15 with the same options.
     """
-    return "macOS15" if macos_version() >= (15,) else "macOS14"
+    version = macos_version()
+    if not version:
+        return ("macOS14",)
+    found = tuple(t for t in reversed(TARGETS) if version >= TARGET_MACOS[t])
+    return found or ("macOS14",)
+
+
+def default_target() -> Target:
+    """The target a new conversion gets under ``--target auto``: the newest this Mac runs
+    (macOS15: Core ML states, fused attention), macOS14 off macOS."""
+    return runnable_targets()[0]
+
+
+def check_hints(settings: CoreMLSettings) -> None:
+    """Say in one sentence, before any loading, that optimization hints need macOS 15."""
+    if settings.hinted and macos_version() < HINTS_MACOS:
+        found = ".".join(map(str, macos_version())) or "not macOS"
+        raise CoreMLUnavailableError(
+            "--low-precision-accumulation and --specialization fast-prediction are Core ML "
+            f"optimization hints, which need macOS 15 or newer (this machine: {found}); "
+            "leave them at their defaults here"
+        )

@@ -8,6 +8,7 @@ for latents, noise predictions and pictures.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from collections.abc import Callable, Mapping
@@ -17,7 +18,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from livediffusion_models.coreml import ComputeUnits, Precision, Target
+from livediffusion_models.coreml import CoreMLSettings
 from livediffusion_models.coreml.cache import ConvertedModel
 from livediffusion_models.coreml.programs import ProgramSpec, TensorSpec, build_programs
 from livediffusion_models.coreml.runtime import Program
@@ -108,16 +109,15 @@ def compare_with_torch(
     model: str,
     fingerprint: str,
     size: tuple[int, int],
-    precision: Precision = "fp16",
-    target: Target = "macOS14",
-    compute_units: ComputeUnits = "cpu_and_gpu",
+    settings: CoreMLSettings | None = None,
     cache_dir: str | os.PathLike[str] | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> dict[str, float]:
     """Convert (or reuse) both variants of float32 ``components``, load them, compare.
 
     ``model`` and ``fingerprint`` key the conversion cache (``LoadedModel.spec.name`` and
-    ``LoadedModel.fingerprint``).
+    ``LoadedModel.fingerprint``); ``settings`` give precision, target, compute units and
+    hints (its variant and states are ignored: both variants run, states where allowed).
 
     Returns PSNR in dB for "encoder", "unet", "decoder" (the stages) and "fused".
     """
@@ -125,6 +125,7 @@ def compare_with_torch(
     from livediffusion_models.coreml.runtime import load_programs, require_runtime
 
     require_runtime()
+    settings = settings or CoreMLSettings()
     results: dict[str, float] = {}
     for variant in ("stages", "fused"):
         kwargs: dict[str, Any] = {} if progress is None else {"progress": progress}
@@ -133,12 +134,13 @@ def compare_with_torch(
             model=model,
             fingerprint=fingerprint,
             size=size,
-            precision=precision,
-            target=target,
+            precision=settings.precision,
+            target=settings.target,
             variant=variant,
             cache_dir=cache_dir,
             **kwargs,
         )
-        programs = load_programs(converted, compute_units=compute_units)
+        loaded = dataclasses.replace(settings, variant=variant, states=None)
+        programs = load_programs(converted, settings=loaded)
         results.update(compare_converted(components, converted, programs))
     return results

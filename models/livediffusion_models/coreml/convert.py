@@ -5,15 +5,22 @@ Why ``torch.export`` and not ``torch.jit.trace``: with torch 2.13, diffusers 0.4
 ``ExportedProgram`` converts, and it is the only route that turns buffers updated in
 ``forward`` into Core ML states.
 
-Input and output types are chosen to save copies on the host: inputs are float32 because
-coremltools' ``predict`` turns every float16 numpy input into a float32 copy before Core ML
-sees it (``MLModel._update_float16_multiarray_input_to_float32``), so float16 inputs would
-cost one more copy, not one less; the program casts to fp16 on the device. Outputs are in the
-compute precision, which halves the copy back into numpy at fp16.
+Input and output types, as coremltools 9.0 really moves them: inputs are float32 because
+``predict`` turns every float16 numpy input into a float32 copy before Core ML sees it
+(``MLModel._update_float16_multiarray_input_to_float32``, which also replaces the entry in the
+caller's dict), so float16 inputs would cost one more copy, not one less; the program casts to
+fp16 on the device. Outputs are declared in the compute precision (fp16 at fp16), but Python
+never sees fp16: the native bridge widens every fp16 output to a new float32 MLMultiArray and
+copies that into a new float32 numpy array (``convertArrayValueToPython`` in
+coremlpython/CoreMLPythonUtils.mm; its comment: "py:array doesn't support fp16"). So every
+output reaches numpy as float32, at float32's size.
 
-Conversion runs on any OS. On macOS each package is then compiled once to ``.mlmodelc``
-(compiling an ``.mlpackage`` on every load costs seconds); elsewhere the packages are left for
-the Mac to compile on first load.
+``ct.convert`` is called with ``skip_model_load=True``: without it, on a Mac, coremltools
+compiles the fresh package and loads it into Core ML at once (``MLModel._get_proxy_and_spec``),
+minutes and gigabytes for a full-size UNet that is thrown away (Apple's own
+``torch2coreml.py`` passes it too). Conversion runs on any OS. On macOS each package is then
+compiled once to ``.mlmodelc`` (compiling an ``.mlpackage`` on every load costs seconds);
+elsewhere the packages are left for the Mac to compile on first load.
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ from livediffusion_models.coreml import (
     Target,
     Variant,
     require_coremltools,
+    runnable_targets,
 )
 from livediffusion_models.coreml.cache import (
     ConversionKey,
@@ -136,6 +144,9 @@ def _convert_one(program: ProgramSpec, *, precision: Precision, target: Target) 
                 ct.precision.FLOAT16 if precision == "fp16" else ct.precision.FLOAT32
             ),
             convert_to="mlprogram",
+            # on a Mac, no compile-and-load of the fresh package: it is saved, then compiled
+            # once into the cache by compile_programs
+            skip_model_load=True,
         )
 
 
@@ -150,34 +161,58 @@ def convert(
     fingerprint: str,
     size: tuple[int, int],
     precision: Precision = "fp16",
-    target: Target = "macOS14",
+    target: Target | None = None,
     variant: Variant = "fused",
     stateful: bool | None = None,
     cache_dir: str | os.PathLike[str] | None = None,
     force: bool = False,
+    compile: bool = True,
     progress: Progress = _log_progress,
 ) -> ConvertedModel:
-    """Convert ``components`` (a ``LoadedModel``: unet, vae, tokenizer) unless already cached.
+    """Convert ``components`` (a ``LoadedModel``: unet, vae, tokenizer) unless already cached,
+    then (``compile``, on macOS) compile it with :func:`compile_programs`.
 
-    The modules are moved to float32 on the CPU first: export traces there, and the
-    converter applies ``precision`` itself.
+    ``target`` None is ``--target auto``: a cached conversion for any target this machine runs
+    (:func:`~livediffusion_models.coreml.runnable_targets`, newest first) is used as it is, so
+    a folder converted on Linux (macOS14) is found on a Mac running 15; only when none is
+    cached is one converted, for the newest. The modules are moved to float32 on the CPU
+    first: export traces there, and the converter applies ``precision`` itself.
     """
     import torch
 
-    key = conversion_key(
-        model=model,
-        fingerprint=fingerprint,
-        size=size,
-        precision=precision,
-        target=target,
-        variant=variant,
-        stateful=stateful,
-    )
+    keys: list[ConversionKey] = []
+    refused: ValueError | None = None
+    for candidate in runnable_targets() if target is None else (target,):
+        try:
+            keys.append(
+                conversion_key(
+                    model=model,
+                    fingerprint=fingerprint,
+                    size=size,
+                    precision=precision,
+                    target=candidate,
+                    variant=variant,
+                    stateful=stateful,
+                )
+            )
+        except ValueError as exc:  # e.g. --states on: not for a macOS14 candidate
+            refused = refused or exc
+    if not keys:
+        assert refused is not None
+        raise refused
     if not force:
-        cached = find_converted(key, cache_dir)
-        if cached is not None:
-            progress(f"Core ML programs already converted: {cached.folder}")
-            return compile_programs(cached, progress=progress)
+        for candidate_key in keys:
+            cached = find_converted(candidate_key, cache_dir)
+            if cached is not None:
+                progress(f"Core ML programs already converted: {cached.folder}")
+                if candidate_key.target != keys[0].target:
+                    progress(
+                        f"these are {candidate_key.target} programs (converted elsewhere?); "
+                        f"`livediffusion convert --target {keys[0].target}` makes this Mac's "
+                        "newest kind, used from then on"
+                    )
+                return compile_programs(cached, progress=progress) if compile else cached
+    key = keys[0]
 
     unet, vae = components.unet, components.vae
     for module in (unet, vae):
@@ -199,7 +234,7 @@ def convert(
                 f"({key.precision}, {key.target}{', states' if program.states else ''}): "
                 "torch.export, then coremltools; minutes for a full-size UNet"
             )
-            mlmodel = _convert_one(program, precision=precision, target=target)
+            mlmodel = _convert_one(program, precision=key.precision, target=key.target)
             package = folder / f"{program.name}.mlpackage"
             mlmodel.save(str(package))
             written[program.name] = ConvertedProgram(
@@ -215,7 +250,17 @@ def convert(
 
     converted = commit_entry(key, write, cache_dir)
     progress(f"Core ML programs saved in {converted.folder}")
-    return compile_programs(converted, progress=progress)
+    return compile_programs(converted, progress=progress) if compile else converted
+
+
+def _compile_destination(program: ConvertedProgram) -> Path:
+    """A temporary sibling of ``step.mlmodelc`` whose name still ends in ``.mlmodelc``.
+
+    coremltools 9.0's ``compile_model`` refuses any ``destination_path`` that does not end in
+    ``.mlmodelc`` (models/utils.py), and ``shutil.move``s Core ML's compiled folder there,
+    which must not exist yet (``move`` into an existing folder nests it inside).
+    """
+    return program.compiled.with_name(f".{program.name}.tmp-{os.getpid()}.mlmodelc")
 
 
 def compile_programs(
@@ -223,7 +268,8 @@ def compile_programs(
 ) -> ConvertedModel:
     """On macOS, compile each package once to ``.mlmodelc`` beside it; elsewhere do nothing.
 
-    Compiled into a temporary name and renamed, so a compile cut short is never loaded.
+    Compiled into a temporary ``.mlmodelc`` name and renamed, so a compile cut short is never
+    loaded; when another process finished the same compile first, its result is kept.
     """
     if sys.platform != "darwin":
         return converted
@@ -233,8 +279,13 @@ def compile_programs(
         if program.compiled.is_dir():
             continue
         progress(f"compiling {program.package.name} for this Mac (once)")
-        tmp = program.compiled.with_name(f".{program.compiled.name}.tmp-{os.getpid()}")
+        tmp = _compile_destination(program)
         shutil.rmtree(tmp, ignore_errors=True)
-        compile_model(str(program.package), destination_path=str(tmp))
-        os.replace(tmp, program.compiled)
+        try:
+            compile_model(str(program.package), destination_path=str(tmp))
+            if program.compiled.is_dir():  # another process won the race: keep its copy
+                continue
+            os.replace(tmp, program.compiled)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     return converted

@@ -82,9 +82,11 @@ def _example_controls() -> torch.Tensor:
 class StatefulStep(nn.Module):
     """:class:`FrameStep` with its temporal state held as fp16 buffers (Core ML states).
 
-    Core ML states must be fp16. A state is only read through ``where(weight > 0, ...)``: a
-    fresh state's memory is never promised to be zero, and ``x + (nan - x) * 0`` is NaN, so a
-    frame with feedback or smoothing at 0 (the first after a reset) ignores it entirely.
+    Core ML states must be fp16. Core ML fills a new state with zeros (Apple's ``newState``
+    documentation), but a reset keeps the state the last scene left, so a state is only read
+    through ``where(weight > 0, ...)``: a frame with feedback or smoothing at 0 (the first after
+    a reset) ignores it entirely, even where it holds inf from an fp16 overflow
+    (``x + (inf - x) * 0`` is NaN).
     """
 
     previous_x0: torch.Tensor
