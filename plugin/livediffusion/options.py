@@ -53,6 +53,7 @@ __all__ = [
     "format_toml",
     "options_table",
     "read_config_file",
+    "show_default",
     "values_from_config",
 ]
 
@@ -431,7 +432,8 @@ def _build_options() -> tuple[Option, ...]:
             "torch on CUDA: default = torch.compile and the whole frame in one CUDA graph "
             "(first start compiles for about a minute, cached afterwards); max also autotunes "
             "every kernel (many minutes once); off = eager, for a driver or card that "
-            "misbehaves. Eager is also the automatic fallback when compiling fails",
+            "misbehaves. Eager is also the automatic fallback when compiling fails; other "
+            "devices always run eager",
             _choice(("off", "default", "max")),
             choices=("off", "default", "max"),
         ),
@@ -778,6 +780,25 @@ def format_toml(values: Mapping[str, Any]) -> str:
                 lines.append(f"{option.key} = {_toml_value(value)}")
         lines.append("")
     return "\n".join(lines)
+
+
+_UNSET: Any = object()
+
+
+def show_default(option: Option, value: Any = _UNSET) -> str:
+    """How ``--help`` and the docs show a default: the option's own (its ``default_text``
+    where the value alone would not say it), or ``value`` where a command sets another."""
+    if value is _UNSET:
+        if option.default_text is not None:
+            return option.default_text
+        value = option.default
+    if value in ("", (), None):
+        return option.default_text or "none"
+    shown = _as_option_value(option.key, value)
+    if isinstance(shown, tuple) and len(shown) == 2:
+        height, width = shown
+        return f"{width}x{height}"
+    return str(shown)
 
 
 def options_table() -> str:
