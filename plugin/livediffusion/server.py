@@ -183,6 +183,12 @@ def _run(
     status_stream: TextIO,
     on_engine: Callable[[Engine], None] | None = None,
 ) -> int:
+    if config.midi_map is not None and config.midi is None:
+        log.warning(
+            "--midi-map %s does nothing without --midi PORT (`livediffusion midi --list` "
+            "shows the ports)",
+            config.midi_map,
+        )
     with ExitStack() as stack:
         stack.enter_context(_stop_on_signals(stop, running))
         # Everything that can fail on a typo (port taken, bad URI, missing transport) is
@@ -230,8 +236,8 @@ def _run(
         )
         if config.midi is not None:
             stack.enter_context(_open_midi(config, surface, controls))
-        source = stack.enter_context(open_source(config.resolved_source()))
-        sink = stack.enter_context(open_sink(config.resolved_sink()))
+        source = stack.enter_context(open_source(config.source))
+        sink = stack.enter_context(open_sink(config.sink))
         # A window (--preview, window://) is drawn by this thread while it waits below;
         # closing it sets ``stop``.
         preview = attach_preview(config.preview, source, sink, stack=stack, on_close=stop.set)
