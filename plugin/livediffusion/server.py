@@ -25,7 +25,7 @@ from livediffusion.preview import attach_preview
 from livediffusion.status import Stats, format_status, format_summary
 from livediffusion.surface import ControlSurface, StatusValues
 from livediffusion_bridge import open_sink, open_source, pump_events
-from livediffusion_bridge.osc import OscServer
+from livediffusion_bridge.osc import OscCounters, OscServer
 from livediffusion_models.backends import Backend
 
 __all__ = ["build_backend", "run_server"]
@@ -131,10 +131,19 @@ class _EngineNotes:
         return "".join(" | " + note for note in notes)
 
 
+def osc_rejected(counters: OscCounters) -> int:
+    """Messages and datagrams dropped as bad (refused by the controls, malformed, from an
+    address outside --osc-allow): the status line's and /status's count."""
+    return counters.rejected + counters.malformed + counters.refused
+
+
 def _osc_note(osc: OscServer) -> str:
     """What the status line adds about OSC: nothing while all is well."""
     counters = osc.counters
     notes = []
+    rejected = osc_rejected(counters)
+    if rejected:
+        notes.append(f"OSC rejected {rejected}")
     if counters.restarts:
         notes.append(f"OSC RESTARTED {counters.restarts}x")
     if counters.failed:
@@ -195,10 +204,12 @@ def _run(
         # opened before the model, which takes seconds to load.
         controls = ControlStore(config.controls)
         stats: list[Stats] = []  # the engine's, once it exists
+        servers: list[OscServer] = []  # the OSC server, once it listens
 
         def status() -> StatusValues:
+            rejected = osc_rejected(servers[0].counters) if servers else 0
             if not stats:
-                return (0.0, 0.0, 0.0, 0, config.model, "starting")
+                return (0.0, 0.0, 0.0, 0, config.model, "starting", rejected)
             now = stats[0].snapshot()
             return (
                 now.input_fps,
@@ -207,6 +218,7 @@ def _run(
                 now.dropped,
                 config.model,
                 now.backend,
+                rejected,
             )
 
         surface = ControlSurface(
@@ -228,6 +240,7 @@ def _run(
             )
         )
         surface.attach(osc)
+        servers.append(osc)
         log.info(
             "OSC on %s:%d  (%s/prompt %s/strength ... `livediffusion osc` lists them)",
             *osc.address,
