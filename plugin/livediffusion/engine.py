@@ -52,7 +52,12 @@ class EngineOptions:
     fallback_fps: float = 30.0  # how often the fallback is re-sent, so receivers stay connected
     max_failures: int = 5  # consecutive failed frames before the model is bypassed
     retry_after: float = 5.0  # seconds in bypass before the model is tried again
-    stall_after: float = 5.0  # seconds one frame may take before the watchdog says so
+    stall_after: float = 5.0
+    """The watchdog's floor: a frame is never called stalled before this many seconds."""
+    stall_factor: float = 5.0
+    """A frame is stalled once it takes this many times this machine's typical frame (the
+    recent median; before the first frame, the warm-up's time): a 7 s CPU frame is normal
+    there, a GPU frame that takes 7 s is not."""
     skip_similar: float = 0.0
     """Republish the last output while the input changes less than this (0..1); 0 = off."""
 
@@ -105,6 +110,7 @@ class Engine:
         self._stopped = False
         self._warm = threading.Event()
         self._busy_since: float | None = None  # when the frame now in the model started
+        self._warmup_seconds = 0.0  # how long the warm-up took: the first frame's yardstick
         self._last_input = 0.0  # monotonic time of the newest input frame
         self._held: Frame | None = None  # the newest input, for --on-source-loss hold-input
         self._failures = 0  # consecutive failed frames
@@ -175,15 +181,21 @@ class Engine:
 
     # -- what the status line reports ------------------------------------------------------
 
+    def stall_limit(self) -> float:
+        """Seconds a frame may take here before it counts as stalled: several times this
+        machine's typical frame, never less than the floor."""
+        typical = self.stats.step_p50() or self._warmup_seconds
+        return max(self.options.stall_after, self.options.stall_factor * typical)
+
     def stalled_for(self, now: float | None = None) -> float | None:
-        """Seconds the current frame has been in the model, when that is far too long."""
+        """Seconds the current frame has been in the model, when that is far too long for
+        this machine (see :meth:`stall_limit`). Not during the warm-up: that has no yardstick
+        yet, and a first compile can take a minute."""
         since = self._busy_since
-        if since is None:
+        if since is None or not self._warm.is_set():
             return None
         now = time.monotonic() if now is None else now
-        typical = self.stats.step_p50()
-        limit = max(self.options.stall_after, 10.0 * typical)
-        return now - since if now - since > limit else None
+        return now - since if now - since > self.stall_limit() else None
 
     @property
     def degraded(self) -> bool:
@@ -230,7 +242,8 @@ class Engine:
         # workspaces, so a warm-up elsewhere leaves this thread's first frame slow.
         log.info("warming up %s ...", self.backend.name)
         self._busy_since = time.monotonic()
-        log.info("warm in %.1f s", self.backend.warmup())
+        self._warmup_seconds = self.backend.warmup()
+        log.info("warm in %.1f s", self._warmup_seconds)
         self._busy_since = None
         self.stats.backend = self.backend.name  # a compile that fell back renames it
         self._warm.set()

@@ -171,7 +171,13 @@ class _EngineNotes:
         else:
             notes.append(f"INFERENCE STALLED {stalled:.0f} s")
             if self._stall_logged == 0.0 or stalled - self._stall_logged >= 10.0:
-                log.warning("the inference thread has been on one frame for %.0f s", stalled)
+                log.warning(
+                    "the inference thread has been on one frame for %.0f s (frames take "
+                    "%.1f s here; a stall is more than %.0f s)",
+                    stalled,
+                    engine.stats.step_p50(),
+                    engine.stall_limit(),
+                )
                 self._stall_logged = stalled
         if engine.degraded:
             notes.append("MODEL FAILING: passing the input through")
