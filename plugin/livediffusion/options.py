@@ -656,7 +656,7 @@ def _build_options() -> tuple[Option, ...]:
         _serve(
             "duration",
             "run",
-            "stop by itself after this long (benchmarks, demos)",
+            "stop by itself this long after the model started processing (benchmarks, demos)",
             _seconds(optional=True),
             metavar="SECONDS",
             default_text="run until stopped",

@@ -63,6 +63,10 @@ class _TeeSink(FrameSink):
     def listen_address(self) -> str | None:
         return self.inner.listen_address
 
+    @property
+    def shown_as(self) -> str | None:
+        return self.inner.shown_as
+
     def publish(self, pixels: Pixels) -> None:
         self.inner.publish(pixels)
         self._window.show(pixels, "output")

@@ -22,9 +22,9 @@ from livediffusion.controls import ControlStore
 from livediffusion.engine import SOURCE_LOSS_MODES, Engine, EngineOptions, SourceLoss
 from livediffusion.presets import PresetFile
 from livediffusion.preview import attach_preview
-from livediffusion.status import Stats, format_status, format_summary
+from livediffusion.status import format_status, format_summary
 from livediffusion.surface import ControlSurface, StatusValues
-from livediffusion_bridge import open_sink, open_source, pump_events
+from livediffusion_bridge import FrameSink, open_sink, open_source, pump_events
 from livediffusion_bridge.osc import OscCounters, OscServer
 from livediffusion_models.backends import Backend
 
@@ -141,14 +141,83 @@ def _source_loss(mode: str) -> SourceLoss:
     return mode  # type: ignore[return-value]  # checked just above
 
 
-def _close_backend(backend: Backend, engines: list[Engine]) -> None:
-    """Free the model, unless a frame is still inside it (a CPU frame can take seconds):
-    freeing memory under a running kernel can abort the process. The process is about to
-    exit, which frees everything anyway."""
-    if engines and engines[0].busy:
-        log.debug("not closing the backend: a frame is still in flight")
-        return
-    backend.close()
+class _Loader:
+    """Builds the backend and warms the model up on a thread of its own.
+
+    The main thread meanwhile keeps the status line, OSC replies and the OS event loop going
+    (Syphon discovery and the preview window need it), while the engine's publish thread
+    already shows placeholders, so the output can be found and picked during a load that
+    takes a minute on a CPU. A load that fails is re-raised on the main thread.
+    """
+
+    def __init__(
+        self,
+        config: ServeConfig,
+        backend: Backend | None,
+        engine: Engine,
+        stop: threading.Event,
+    ) -> None:
+        self._config = config
+        self._engine = engine
+        self._stop = stop
+        self.backend = backend
+        self.error: BaseException | None = None
+        self.started = time.monotonic()
+        self.thread = threading.Thread(target=self._run, name="model-loader", daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            if self.backend is None:
+                self.backend = build_backend(self._config)
+            if not self._stop.is_set():
+                self._engine.start(self.backend)
+        except BaseException as exc:
+            self.error = exc
+            self._stop.set()
+
+    def close_backend(self) -> None:
+        """Free the model, unless it is still in use: a frame (or the warm-up) inside it,
+        or the loader still building or handing it over (a CPU frame can take seconds, and
+        freeing memory under a running kernel can abort the process). The process is about
+        to exit, which frees everything anyway."""
+        if self.backend is None:
+            return
+        if self.thread.is_alive() or self._engine.busy:
+            log.debug("not closing the backend: a frame is still in flight")
+            return
+        self.backend.close()
+
+
+def _model_size(model: str) -> tuple[int, int]:
+    from livediffusion_models.registry import get_model
+
+    side = get_model(model).default_size
+    return side, side
+
+
+def _announce(sink: FrameSink) -> None:
+    """Say once what to pick in the host, as the host lists it."""
+    direct = sink.listen_address
+    log.info(
+        "output ready: pick the %s in your host%s",
+        sink.shown_as,
+        f" (output listening on {direct} for direct connections)" if direct else "",
+    )
+
+
+def _starting(engine: Engine, loader: _Loader, model: str, now: float) -> str:
+    """The status line before the model is warm: what it is doing, for how long."""
+    warming = engine.warming_for
+    if warming is not None:
+        doing = f"warming up {warming:.0f} s"
+    elif engine.has_backend:
+        doing = "encoding the prompt"
+    else:
+        doing = f"loading {model} {now - loader.started:.0f} s"
+    return f"STARTING: {doing} | output: the input, marked LOADING ({engine.placeholders} sent)"
 
 
 class _EngineNotes:
@@ -258,14 +327,14 @@ def _run(
         # Everything that can fail on a typo (port taken, bad URI, missing transport) is
         # opened before the model, which takes seconds to load.
         controls = ControlStore(config.controls)
-        stats: list[Stats] = []  # the engine's, once it exists
+        engines: list[Engine] = []  # the engine, once it exists
         servers: list[OscServer] = []  # the OSC server, once it listens
 
         def status() -> StatusValues:
             rejected = osc_rejected(servers[0].counters) if servers else 0
-            if not stats:
+            if not engines or not engines[0].warm:
                 return (0.0, 0.0, 0.0, 0, config.model, "starting", rejected)
-            now = stats[0].snapshot()
+            now = engines[0].stats.snapshot()
             return (
                 now.input_fps,
                 now.output_fps,
@@ -311,47 +380,50 @@ def _run(
         preview = attach_preview(config.preview, source, sink, stack=stack, on_close=stop.set)
         if preview is not None:
             source, sink = preview.source, preview.sink
-        if backend is None:
-            backend = build_backend(config)
-        engines: list[Engine] = []
-        stack.callback(_close_backend, backend, engines)
         options = EngineOptions(
             output_size=config.output_size,
             on_source_loss=_source_loss(config.on_source_loss),
             skip_similar=config.skip_similar,
+            placeholder_size=config.size or _model_size(config.model),
         )
-        engine = Engine(
-            source=source,
-            sink=sink,
-            backend=backend,
-            controls=controls,
-            options=options,
-            stop=stop,
-        )
+        engine = Engine(source=source, sink=sink, controls=controls, options=options, stop=stop)
+        loader = _Loader(config, backend, engine, stop)
+        stack.callback(loader.close_backend)
         stack.callback(engine.stop)
         engines.append(engine)
-        stats.append(engine.stats)
         if on_engine is not None:
             on_engine(engine)
-        engine.start()
+        # The output exists from now on, before the model: hosts can find it and pick it.
+        engine.open()
+        loader.start()
         running.set()
-        log.info("running: %s -> %s", source.uri, sink.uri)
+        log.info(
+            "running: %s -> %s; the output shows the input marked LOADING until the model is ready",
+            source.uri,
+            sink.uri,
+        )
         line = StatusLine(status_stream)
         stack.callback(line.finish)
         notes = _EngineNotes()
-        deadline = None if config.duration is None else time.monotonic() + config.duration
+        deadline = None  # --duration counts from the first processed frames
         announced = False
         next_line = next_reply = time.monotonic()
-        while not stop.is_set() and engine.running:
+        while not stop.is_set() and loader.error is None:
             now = time.monotonic()
+            if deadline is None and config.duration is not None and engine.warm:
+                deadline = now + config.duration
             if now >= next_reply:
                 surface.send_status()  # --osc-reply: once a second, whatever the line does
                 next_reply = now + 1.0
             if now >= next_line:
-                if not announced and sink.listen_address:
-                    log.info("output listening on %s", sink.listen_address)
+                if not announced and sink.shown_as:
+                    _announce(sink)
                     announced = True
-                text = format_status(engine.stats.snapshot()) + notes(engine) + _osc_note(osc)
+                if engine.warm:
+                    text = format_status(engine.stats.snapshot())
+                else:
+                    text = _starting(engine, loader, config.model, now)
+                text += notes(engine) + _osc_note(osc)
                 line.show(text)
                 if preview is not None:
                     preview.window.set_status(text)
@@ -361,5 +433,10 @@ def _run(
             _pump_until(stop, max(0.0, min(next_line, next_reply) - time.monotonic()))
         line.finish()
         engine.stop()
+        if loader.error is not None:
+            raise loader.error  # the CLI says it in one line: missing weights, no CUDA ...
+        if not engine.warm:
+            log.info("stopped during start-up")
+            return 1 if engine.errors else 0
         log.info("%s", format_summary(engine.stats.summary()))
         return 1 if engine.errors else 0

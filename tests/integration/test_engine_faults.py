@@ -164,6 +164,40 @@ def test_slow_frames_on_a_slow_machine_are_not_stalls_but_a_hang_is(
         memory.reset()
 
 
+def test_a_long_warm_up_is_not_a_stall(make_tiny_backend: Callable[..., Any]) -> None:
+    """The status line runs during the warm-up now (placeholders go out meanwhile): a
+    warm-up longer than the floor, here 2 x 0.6 s against 0.2 s, says "warming up"."""
+    import threading
+
+    memory.reset()
+    backend = Faulty(make_tiny_backend())
+    backend.sleep = 0.6
+    engine = Engine(
+        source=open_source("memory://cam"),
+        sink=open_sink("memory://out"),
+        controls=ControlStore(_STILL),
+        options=EngineOptions(stall_after=0.2, stall_factor=4.0),
+    )
+    starter = threading.Thread(target=engine.start, args=(backend,), daemon=True)
+    try:
+        engine.open()
+        starter.start()
+        warming, stalled = [], []
+        while not engine.warm:
+            assert starter.is_alive() or engine.warm, "start() ended without warming up"
+            warming.append(engine.warming_for)
+            stalled.append(engine.stalled_for())
+            time.sleep(0.05)
+        assert max(w for w in warming if w is not None) > 0.8
+        assert stalled == [None] * len(stalled)
+    finally:
+        starter.join(10)
+        engine.stop()
+        engine.source.close()
+        engine.sink.close()
+        memory.reset()
+
+
 def test_a_nan_frame_is_refused_and_the_state_cleared(
     make_tiny_backend: Callable[..., Any],
 ) -> None:

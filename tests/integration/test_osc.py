@@ -530,6 +530,7 @@ def test_the_rejected_count_is_on_the_status_line_and_in_status(
     thread.start()
     try:
         memory.channel("rejected-status").wait_published(1, timeout=60)
+        _wait_for(lambda: "| torch-cpu float32" in stream.getvalue(), timeout=60)  # warm
         with _bound() as asker:
             for message in (_message("/seed", 7.5), _message("/nope", 1), b"junk"):
                 asker.sendto(message, ("127.0.0.1", port))
