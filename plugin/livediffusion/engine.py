@@ -13,6 +13,7 @@ the inference thread reads one :class:`Controls` snapshot per frame.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -205,26 +206,50 @@ class Engine:
     def stop(self, timeout: float = 1.0) -> list[str]:
         """Stop and join every thread; returns the names of threads that did not finish.
 
-        A frame in flight is not waited for beyond ``timeout`` (a CPU frame can take seconds):
-        the threads are daemons, and :attr:`busy` tells the caller not to free the model
-        under them. Calling it again does not wait again.
+        Every thread is told first and all are joined against one deadline, so the waits
+        overlap instead of adding up. A frame in flight is waited for only when this
+        machine's typical frame says it ends within ``timeout``; otherwise (a 7 s CPU frame,
+        a warm-up) not at all: the threads are daemons, and :attr:`busy` tells the caller not
+        to free the model under them. Calling it again does not wait again.
         """
         self._stop.set()
         if self._stopped:
             return [thread.name for thread in self._threads if thread.is_alive()]
         self._stopped = True
-        if self._prompts is not None:
-            self._prompts.close(timeout=min(timeout, 0.5))
-        deadline = time.monotonic() + timeout
+        prompts = self._prompts
+        if prompts is not None:
+            prompts.close(timeout=0.0)  # told now, joined below with the rest
+        now = time.monotonic()
+        deadline = now + timeout
+        capture, inference, publish = self._threads
+        finish = self._frame_ends(now)
+        waits = [
+            (capture, deadline),
+            (publish, deadline),
+            (inference, min(deadline, finish) if finish <= deadline or finish == math.inf else now),
+        ]
         stuck = []
-        for thread in self._threads:
+        for thread, until in waits:
             if thread.is_alive():
-                thread.join(max(0.0, deadline - time.monotonic()))
+                thread.join(max(0.0, until - time.monotonic()))
                 if thread.is_alive():
                     stuck.append(thread.name)
+        if prompts is not None:
+            prompts.close(timeout=max(0.0, deadline - time.monotonic()))
         if stuck:
             log.info("not waiting for the %s thread (a frame is in flight)", ", ".join(stuck))
         return stuck
+
+    def _frame_ends(self, now: float) -> float:
+        """When the frame now in the model should be done (plus a margin), or ``now`` when
+        nobody can say (the warm-up: a first compile may take a minute)."""
+        since = self._busy_since
+        if since is None:
+            return math.inf  # between frames: the thread sees the stop within a poll
+        typical = self.stats.step_p50()
+        if not self._warm.is_set() or typical <= 0.0:
+            return now
+        return since + 1.5 * typical + _POLL
 
     @property
     def busy(self) -> bool:
@@ -313,6 +338,8 @@ class Engine:
             if frame is None:
                 self._fallback_if_lost()
                 continue
+            if self._stop.is_set():
+                break  # stopped while waiting: no new frame into the model now
             self._held = frame
             self._fallback_shown = False
             controls = self.controls.snapshot()
