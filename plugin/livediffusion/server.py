@@ -24,6 +24,7 @@ from livediffusion.presets import PresetFile
 from livediffusion.preview import attach_preview
 from livediffusion.status import format_status, format_summary
 from livediffusion.surface import ControlSurface, StatusValues
+from livediffusion.terminal import StatusLine
 from livediffusion_bridge import FrameSink, open_sink, open_source, pump_events
 from livediffusion_bridge.osc import OscCounters, OscServer
 from livediffusion_models.backends import Backend
@@ -39,8 +40,9 @@ class _StopDuringStartup(BaseException):
 
 @contextmanager
 def _stop_on_signals(stop: threading.Event, running: threading.Event) -> Iterator[None]:
-    """SIGINT/SIGTERM set ``stop``; before ``running`` they also abort the start-up at once
-    (loading weights can take many seconds). Only the main thread may install handlers."""
+    """SIGINT/SIGTERM set ``stop``; before ``running`` (while OSC, the source and the sink
+    open) they also abort the start-up at once. The model loads on a thread of its own, so
+    after that the main loop sees ``stop``. Only the main thread may install handlers."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -64,75 +66,6 @@ def _pump_until(stop: threading.Event, seconds: float) -> None:
     end = time.monotonic() + seconds
     while not stop.is_set() and time.monotonic() < end:
         pump_events(min(0.05, max(0.0, end - time.monotonic())))
-
-
-_CLEAR_LINE = "\r\x1b[2K"  # back to the start of the line, and erase it
-
-
-class _AroundStatus:
-    """What a log handler writes to instead of the terminal while the status line is up."""
-
-    def __init__(self, line: StatusLine) -> None:
-        self._line = line
-
-    def write(self, text: str) -> int:
-        self._line.write_log(text)
-        return len(text)
-
-    def flush(self) -> None:
-        self._line.flush()
-
-
-class StatusLine:
-    """One line, rewritten in place on a terminal; plain lines when logging to a file/pipe.
-
-    On a terminal the line has no newline, so a log line written to the same terminal would
-    start where the status ends (``... torch-cpu float3207:55:25 INFO ...``). While the line
-    is up, every logging handler that writes to this terminal goes through it instead: the
-    status is erased, the log line written, and the status drawn again under it.
-    """
-
-    def __init__(self, stream: TextIO) -> None:
-        self._stream = stream
-        self._tty = stream.isatty()
-        self._lock = threading.Lock()
-        self._text = ""  # what the terminal's status line shows now
-        self._handlers: list[tuple[logging.StreamHandler[Any], Any]] = []
-        if self._tty:
-            for handler in logging.getLogger().handlers:
-                if isinstance(handler, logging.StreamHandler) and handler.stream is stream:
-                    self._handlers.append((handler, handler.setStream(_AroundStatus(self))))
-
-    def show(self, text: str) -> None:
-        with self._lock:
-            if self._tty:
-                self._stream.write(_CLEAR_LINE + text)
-                self._text = text
-            else:
-                self._stream.write(text + "\n")
-            self._stream.flush()
-
-    def write_log(self, text: str) -> None:
-        with self._lock:
-            if self._text:
-                self._stream.write(_CLEAR_LINE)
-            self._stream.write(text)
-            if self._text and text.endswith("\n"):
-                self._stream.write(self._text)
-
-    def flush(self) -> None:
-        self._stream.flush()
-
-    def finish(self) -> None:
-        """Leave the last status on its own line and give the terminal back to the log."""
-        for handler, stream in self._handlers:
-            handler.setStream(stream)
-        self._handlers = []
-        with self._lock:
-            if self._tty and self._text:
-                self._stream.write("\n")
-                self._stream.flush()
-            self._text = ""
 
 
 def _source_loss(mode: str) -> SourceLoss:

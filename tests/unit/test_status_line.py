@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from livediffusion.server import StatusLine
+from livediffusion.terminal import StatusLine
 
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
