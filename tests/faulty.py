@@ -55,7 +55,9 @@ class Faulty(Backend):
         return {}
 
     def warmup(self, *, frames: int = 2) -> float:
-        return float(self.inner.warmup(frames=frames))
+        """A slow machine is slow in its warm-up too: it runs the same step."""
+        time.sleep(self.sleep * frames)
+        return float(self.inner.warmup(frames=frames)) + self.sleep * frames
 
     def close(self) -> None:
         self.inner.close()

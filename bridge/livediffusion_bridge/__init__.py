@@ -17,7 +17,7 @@ scheme is opened, never here.
 from __future__ import annotations
 
 from ._listing import SourceInfo, SourceListing
-from ._window import PreviewWindow, WindowSink
+from ._window import NoDisplayError, PreviewWindow, WindowSink
 from .errors import (
     BackendUnavailableError,
     BridgeError,
@@ -27,7 +27,14 @@ from .errors import (
     TransportError,
 )
 from .frame import Frame, FrameSink, FrameSource, Pixels, as_pixels
-from .transports import check_transport, list_sources, open_sink, open_source, pump_events
+from .transports import (
+    check_transport,
+    check_uri,
+    list_sources,
+    open_sink,
+    open_source,
+    pump_events,
+)
 from .uri import SCHEMES, SourceURI, parse_uri
 
 __all__ = [
@@ -39,6 +46,7 @@ __all__ = [
     "FrameSink",
     "FrameSource",
     "InvalidURIError",
+    "NoDisplayError",
     "Pixels",
     "PreviewWindow",
     "SourceInfo",
@@ -49,6 +57,7 @@ __all__ = [
     "WindowSink",
     "as_pixels",
     "check_transport",
+    "check_uri",
     "list_sources",
     "open_sink",
     "open_source",

@@ -41,6 +41,11 @@ def open_source(uri: SourceURI) -> FileSource:
     loop = options.flag("loop", True)
     options.finish()
     path = Path(uri.target).expanduser()
+    if path.is_dir():
+        raise SourceNotFoundError(
+            f"{path} is a directory: file:// plays one video file, for example "
+            f"file://{path / 'clip.mp4'}"
+        )
     if not path.is_file():
         raise SourceNotFoundError(f"video file not found: {path} (from {uri})")
     return FileSource(str(uri), path, fps=fps or None, loop=loop)

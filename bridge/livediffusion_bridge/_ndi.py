@@ -978,6 +978,10 @@ class NdiSink(LiveSink):
         return self._source_name
 
     @property
+    def shown_as(self) -> str | None:
+        return None if self._source_name is None else f"NDI source {self._source_name!r}"
+
+    @property
     def listen_address(self) -> str | None:
         """``127.0.0.1:PORT``: where this sender accepts receivers, once it is open.
 

@@ -587,6 +587,11 @@ class SpoutSink(LiveSink):
             self._note_registered_name(self._listed_before)
             self._listed_before = None
 
+    @property
+    def shown_as(self) -> str | None:
+        name = self.sender_name
+        return None if name is None else f"Spout sender {name!r}"
+
     def _note_registered_name(self, before: set[str]) -> None:
         """The name Spout registered: ours, or ours with ``_N`` when it was taken."""
         pattern = re.compile(re.escape(self.name) + r"(_\d+)?")

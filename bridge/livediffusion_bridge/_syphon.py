@@ -499,6 +499,11 @@ class SyphonSink(LiveSink):
         self._staging: Pixels | None = None
         self.uuid = ""
         """Our server's UUID once it exists (how the directory and other apps know it)."""
+        self._shown: str | None = None
+
+    @property
+    def shown_as(self) -> str | None:
+        return self._shown
 
     @property
     def has_clients(self) -> bool:
@@ -530,7 +535,9 @@ class SyphonSink(LiveSink):
         uuid, app = _identity(server, self.name)
         self._own_entry = _OWN.add(uuid, app, self.name)
         self._server, self.uuid = server, uuid
-        log.info("Syphon: publishing as %r", f"{app} - {self.name}" if app else self.name)
+        # as hosts list it (``App - Name``, see _describe); the server logs it once
+        listed = f"{app} - {self.name}" if app else self.name
+        self._shown = f"Syphon server {listed!r}"
 
     def _send(self, pixels: Pixels) -> None:
         runtime, server = self._rt, self._server

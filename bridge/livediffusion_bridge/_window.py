@@ -27,7 +27,15 @@ from .errors import BackendUnavailableError, ClosedError, InvalidURIError
 from .frame import FrameSink, Pixels, as_pixels
 from .uri import SourceURI
 
-__all__ = ["DEFAULT_TITLE", "MAX_HEIGHT", "PreviewWindow", "WindowSink", "open_sink", "pump"]
+__all__ = [
+    "DEFAULT_TITLE",
+    "MAX_HEIGHT",
+    "NoDisplayError",
+    "PreviewWindow",
+    "WindowSink",
+    "open_sink",
+    "pump",
+]
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +68,14 @@ def _ppm(rgb: np.ndarray) -> bytes:
     return b"P6 %d %d 255\n" % (width, height) + rgb.tobytes()
 
 
+class NoDisplayError(BackendUnavailableError):
+    """Tk found no screen to open a window on; ``detail`` is Tk's own words."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(f"no display: set DISPLAY or use another sink ({detail})")
+        self.detail = detail
+
+
 class PreviewWindow:
     """One Tk window: an output pane, an input pane once input pictures are shown, and the
     status line under them.
@@ -84,9 +100,7 @@ class PreviewWindow:
         try:
             root = tkinter.Tk(className="livediffusion")
         except tkinter.TclError as exc:
-            raise BackendUnavailableError(
-                f"no display: set DISPLAY or use another sink ({exc})"
-            ) from None
+            raise NoDisplayError(str(exc)) from None
         self.title = title
         self._tk = tkinter
         self._root: Any = root

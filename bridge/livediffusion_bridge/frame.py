@@ -97,6 +97,12 @@ class FrameSink(abc.ABC):
         """Where receivers can connect directly (``host:port``), when the transport has one."""
         return None
 
+    @property
+    def shown_as(self) -> str | None:
+        """What a host lists for this output, to pick it there (``NDI source 'HOST (NAME)'``),
+        once the sender exists; None before, or for sinks no host lists."""
+        return None
+
     @abc.abstractmethod
     def publish(self, pixels: Pixels) -> None:
         """Send one RGBA frame. The sink is done with ``pixels`` when this returns."""

@@ -3,9 +3,10 @@
 The receive loop is ours and so is the splitting of bundles; python-osc only decodes single
 messages whose length we checked against their type tags first. So every datagram that is
 too big, from a refused address, part of a flood, malformed, or rejected by the handler is
-counted and logged at a bounded rate, then dropped. The loop is supervised: should it ever
-fail it is restarted and :attr:`OscCounters.restarts` says so. The handler runs on the
-server's thread: it should validate and hand over, not do work.
+counted and logged at a bounded rate (a few lines per kind every 10 s, then one line saying
+how many more), then dropped. The loop is supervised: should it ever fail it is restarted and
+:attr:`OscCounters.restarts` says so. The handler runs on the server's thread: it should
+validate and hand over, not do work.
 """
 
 from __future__ import annotations
@@ -25,6 +26,9 @@ from typing import Any
 from livediffusion_bridge.errors import TransportError
 
 __all__ = [
+    "LOG_INTERVAL",
+    "LOG_LINES",
+    "LogLimiter",
     "OscCounters",
     "OscMessage",
     "OscMessageHandler",
@@ -37,8 +41,10 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-_LOG_FIRST = 10
-_LOG_EVERY = 100  # after the first few, log one in this many of each kind
+LOG_LINES = 5
+"""Warnings logged per kind of drop (rejected, malformed, flooded ...) per interval."""
+LOG_INTERVAL = 10.0
+"""Seconds of that interval; what was not logged in it is summed up in one line after it."""
 _MAX_BUNDLE_DEPTH = 4
 _MAX_BUNDLE_ITEMS = 256
 
@@ -199,6 +205,93 @@ class _Bucket:
         self.stamp = stamp
 
 
+@dataclass(slots=True)
+class _Window:
+    started: float
+    logged: int = 0
+    suppressed: int = 0
+
+
+class LogLimiter:
+    """At most ``lines`` warnings of each kind every ``interval`` seconds, then one line
+    saying how many more were not logged.
+
+    Bounded by time, not by count: a flood of junk costs a few lines per interval (not
+    hundreds, and no work per datagram beyond a counter), while a bad message sent minutes
+    later is still said, with what it was. :meth:`flush` writes the summaries of intervals
+    that have ended; the receive loop calls it whenever it wakes.
+    """
+
+    def __init__(
+        self,
+        *,
+        lines: int = LOG_LINES,
+        interval: float = LOG_INTERVAL,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.lines = lines
+        self.interval = interval
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._windows: dict[str, _Window] = {}
+
+    def allow(self, kind: str) -> bool:
+        """Whether to log this one; False counts it for the summary."""
+        now = self._clock()
+        with self._lock:
+            window = self._windows.get(kind)
+            ended = None
+            if window is None or now - window.started >= self.interval:
+                ended = window
+                window = self._windows[kind] = _Window(now)
+            if window.logged < self.lines:
+                window.logged += 1
+                allowed = True
+            else:
+                window.suppressed += 1
+                allowed = False
+        if ended is not None:
+            self._summarise(kind, ended)
+        return allowed
+
+    def flush(self, *, everything: bool = False) -> None:
+        """Sum up every interval that has ended with lines not logged (``everything``: the
+        ones still running too, when the server closes)."""
+        now = self._clock()
+        with self._lock:
+            ended = [
+                (kind, window)
+                for kind, window in self._windows.items()
+                if everything or now - window.started >= self.interval
+            ]
+            for kind, _ in ended:
+                del self._windows[kind]
+        for kind, window in ended:
+            self._summarise(kind, window)
+
+    def _summarise(self, kind: str, window: _Window) -> None:
+        if window.suppressed:
+            log.warning(
+                "OSC: %d more %s not logged in %.1f s (at most %d lines per %g s)",
+                window.suppressed,
+                _KIND_TEXT.get(kind, kind),
+                min(self.interval, self._clock() - window.started),
+                self.lines,
+                self.interval,
+            )
+
+
+_KIND_TEXT = {
+    "malformed": "malformed datagrams",
+    "rejected": "rejected messages",
+    "refused": "datagrams from refused addresses",
+    "flooded": "datagrams over the rate limit",
+    "failed": "handler failures",
+    "reply": "failed replies",
+    "library": "python-osc messages",
+}
+
+
 class _LibraryLogFilter(logging.Filter):
     """python-osc logs with ``logging.warning`` on the root logger; send those to us instead.
 
@@ -216,6 +309,7 @@ class _LibraryLogFilter(logging.Filter):
 
 _library_count = 0
 _library_lock = threading.Lock()
+_library_limiter = LogLimiter()
 
 
 def _library_drop(text: str) -> None:
@@ -223,7 +317,7 @@ def _library_drop(text: str) -> None:
     with _library_lock:
         _library_count += 1
         count = _library_count
-    if count <= _LOG_FIRST or count % _LOG_EVERY == 0:
+    if _library_limiter.allow("library"):
         log.warning("python-osc: %s (library messages so far: %d)", text[:200], count)
 
 
@@ -271,9 +365,12 @@ class OscServer:
         max_datagram: int = 16_384,
         rate: float = 2000.0,
         poll_interval: float = 0.1,
+        log_limiter: LogLimiter | None = None,
     ) -> None:
+        """``log_limiter``: how often drops are logged (tests pass a short interval)."""
         self._handler = handler
         self._poll_interval = poll_interval
+        self._log = log_limiter or LogLimiter()
         self._allow = parse_allow(allow)
         self._max_datagram = max_datagram
         self._rate = rate
@@ -337,7 +434,11 @@ class OscServer:
         while not self._stop.is_set():
             try:
                 data, sender = self._socket.recvfrom(self._max_datagram + 1)
-            except (TimeoutError, ConnectionResetError):
+            except TimeoutError:
+                self._log.flush()  # a quiet moment: sum up what a flood left unsaid
+                _library_limiter.flush()
+                continue
+            except ConnectionResetError:
                 # Windows reports an ICMP "port unreachable" after a reply (an --osc-reply
                 # target not listening yet) as WSAECONNRESET on the next recvfrom of this
                 # unconnected socket; Python's ioctl cannot switch that off
@@ -414,7 +515,7 @@ class OscServer:
                 self._drop("rejected", f"OSC {address[:80]} dropped: {exc}")
             except Exception:
                 count = self._count("failed")
-                if count <= _LOG_FIRST or count % _LOG_EVERY == 0:
+                if self._log.allow("failed"):
                     log.exception("OSC %s: handler failed (a bug; %d so far)", address[:80], count)
             else:
                 self._count("accepted")
@@ -422,7 +523,7 @@ class OscServer:
     def _drop(self, kind: str, text: str) -> None:
         count = self._count(kind)
         # A flood of junk must not flood the log (or slow this thread down).
-        if count <= _LOG_FIRST or count % _LOG_EVERY == 0:
+        if self._log.allow(kind):
             log.warning("%s (%s so far: %d)", text, kind, count)
 
     # -- sending --------------------------------------------------------------------------
@@ -438,8 +539,15 @@ class OscServer:
             self._socket.sendto(builder.build().dgram, to)
         except (OSError, ValueError) as exc:
             count = self._count("failed")
-            if count <= _LOG_FIRST or count % _LOG_EVERY == 0:
-                log.warning("OSC reply %s to %s:%s failed: %s", address, to[0], to[1], exc)
+            if self._log.allow("reply"):
+                log.warning(
+                    "OSC reply %s to %s:%s failed: %s (%d so far)",
+                    address,
+                    to[0],
+                    to[1],
+                    exc,
+                    count,
+                )
             return False
         return True
 
@@ -452,6 +560,7 @@ class OscServer:
         if self._thread.is_alive():
             self._thread.join(timeout=2 * self._poll_interval + 1.0)
         self._socket.close()
+        self._log.flush(everything=True)
 
     def __enter__(self) -> OscServer:
         return self.start()

@@ -12,14 +12,22 @@ import importlib
 import sys
 import time
 from types import ModuleType
+from typing import Literal
 
 from ._listing import SourceInfo, SourceListing
 from ._window import pump as pump_windows
 from .errors import BackendUnavailableError, BridgeError, InvalidURIError, TransportError
 from .frame import FrameSink, FrameSource
-from .uri import parse_uri
+from .uri import SourceURI, parse_uri, shorten
 
-__all__ = ["check_transport", "list_sources", "open_sink", "open_source", "pump_events"]
+__all__ = [
+    "check_transport",
+    "check_uri",
+    "list_sources",
+    "open_sink",
+    "open_source",
+    "pump_events",
+]
 
 
 # scheme -> the private module that implements it; imported on first use only.
@@ -45,6 +53,22 @@ def _module(name: str) -> ModuleType:
     return importlib.import_module(f"{__package__}.{name}")
 
 
+def check_uri(uri: str, *, role: Literal["source", "sink"]) -> SourceURI:
+    """Parse ``uri`` and check that its scheme can be a ``role``, opening nothing and
+    importing no transport: what a config check can say before anything starts.
+
+    Raises :class:`InvalidURIError` (one sentence) otherwise.
+    """
+    parsed = parse_uri(uri)
+    modules, other = (_SOURCE_MODULES, "sink") if role == "source" else (_SINK_MODULES, "source")
+    if parsed.scheme not in modules:
+        raise InvalidURIError(
+            f"{parsed.scheme}:// can only be a {other} ({shorten(uri)}); {role}s: "
+            + ", ".join(f"{scheme}://" for scheme in modules)
+        )
+    return parsed
+
+
 def open_source(uri: str) -> FrameSource:
     """Open the source ``uri`` names, for example ``ndi://Resolume``, ``test://pattern?fps=60``.
 
@@ -52,12 +76,7 @@ def open_source(uri: str) -> FrameSource:
     :class:`BackendUnavailableError` (naming the ``pip install`` to run) when the
     transport cannot work on this machine.
     """
-    parsed = parse_uri(uri)
-    if parsed.scheme not in _SOURCE_MODULES:
-        raise InvalidURIError(
-            f"{parsed.scheme}:// can only be a sink ({uri}); sources: "
-            + ", ".join(f"{scheme}://" for scheme in _SOURCE_MODULES)
-        )
+    parsed = check_uri(uri, role="source")
     source: FrameSource = _module(_SOURCE_MODULES[parsed.scheme]).open_source(parsed)
     return source
 
@@ -68,12 +87,7 @@ def open_sink(uri: str) -> FrameSink:
     Sinks create their sender lazily at the first frame, but fail here already when the
     transport cannot work on this machine.
     """
-    parsed = parse_uri(uri)
-    if parsed.scheme not in _SINK_MODULES:
-        raise InvalidURIError(
-            f"{parsed.scheme}:// can only be a source ({uri}); sinks: "
-            + ", ".join(f"{scheme}://" for scheme in _SINK_MODULES)
-        )
+    parsed = check_uri(uri, role="sink")
     sink: FrameSink = _module(_SINK_MODULES[parsed.scheme]).open_sink(parsed)
     return sink
 

@@ -17,7 +17,7 @@ from urllib.parse import parse_qsl, quote, unquote, urlencode
 
 from .errors import InvalidURIError
 
-__all__ = ["SCHEMES", "SourceURI", "parse_uri"]
+__all__ = ["SCHEMES", "SourceURI", "parse_uri", "shorten"]
 
 SCHEMES: tuple[str, ...] = ("ndi", "syphon", "spout", "test", "file", "memory", "camera", "window")
 """Every scheme the bridge knows, in the order error messages list them."""
@@ -26,6 +26,14 @@ _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://(.*)$", re.DOTALL)
 _WINDOWS_DRIVE = re.compile(r"^/[A-Za-z]:[/\\]")
 # Everything printable except the characters that split a URI here, and '%' itself.
 _TARGET_SAFE = "".join(chr(c) for c in range(0x20, 0x7F) if chr(c) not in "%?#")
+
+
+def shorten(text: str, limit: int = 120) -> str:
+    """``text`` as an error message may echo it: a 3 KB value pasted by mistake is cut,
+    keeping its start and saying how long it was."""
+    if len(text) <= limit:
+        return text
+    return f"{text[: limit - 30]}... ({len(text)} characters)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,18 +68,19 @@ def parse_uri(uri: str) -> SourceURI:
     match = _SCHEME.match(text)
     if match is None:
         raise InvalidURIError(
-            f"not a source/sink URI: {uri!r}; expected scheme://target, "
+            f"not a source/sink URI: {shorten(uri)!r}; expected scheme://target, "
             f"for example test://pattern or ndi://NAME (schemes: {', '.join(SCHEMES)})"
         )
     scheme = match.group(1).lower()
     if scheme not in SCHEMES:
         raise InvalidURIError(
-            f"unknown scheme {scheme!r} in {uri!r}; known schemes: {', '.join(SCHEMES)}"
+            f"unknown scheme {shorten(scheme, 40)!r} in {shorten(uri)!r}; "
+            f"known schemes: {', '.join(SCHEMES)}"
         )
     rest = match.group(2)
     raw_target, _, query = rest.partition("?")
     if "#" in raw_target:
-        raise InvalidURIError(f"'#' is not allowed in {uri!r}; write it as %23")
+        raise InvalidURIError(f"'#' is not allowed in {shorten(uri)!r}; write it as %23")
     target = unquote(raw_target)
     if scheme == "file" and _WINDOWS_DRIVE.match(target):
         # file:///C:/clip.mp4 -> C:/clip.mp4
@@ -86,14 +95,15 @@ def _parse_options(query: str, uri: str) -> dict[str, str]:
         pairs = parse_qsl(query, keep_blank_values=True, strict_parsing=True)
     except ValueError as exc:
         raise InvalidURIError(
-            f"bad options {query!r} in {uri!r}: expected name=value pairs joined by '&'"
+            f"bad options {shorten(query)!r} in {shorten(uri)!r}: expected name=value pairs "
+            "joined by '&'"
         ) from exc
     options: dict[str, str] = {}
     for name, value in pairs:
         key = name.strip().lower()
         if not key:
-            raise InvalidURIError(f"empty option name in {uri!r}")
+            raise InvalidURIError(f"empty option name in {shorten(uri)!r}")
         if key in options:
-            raise InvalidURIError(f"option {key!r} given twice in {uri!r}")
+            raise InvalidURIError(f"option {shorten(key, 40)!r} given twice in {shorten(uri)!r}")
         options[key] = value.strip()
     return options

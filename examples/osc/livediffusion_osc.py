@@ -4,7 +4,7 @@
 Needs only python-osc (``pip install python-osc``). It is a script to copy and adapt, so it
 does not import livediffusion: the addresses are listed here, as ``livediffusion osc`` does::
 
-    python examples/osc/livediffusion_osc.py set /strength 0.6
+    python examples/osc/livediffusion_osc.py set /strength 0.6  # or: set strength 0.6
     python examples/osc/livediffusion_osc.py prompt "neon jellyfish, deep sea"
     python examples/osc/livediffusion_osc.py morph "ink wash" "neon city" --mix 0.3
     python examples/osc/livediffusion_osc.py sweep /prompt/mix 0 1 --seconds 8
@@ -63,7 +63,17 @@ KNOWN_ADDRESSES = (
 )
 
 # The arguments of the server's /status reply (and of the --osc-reply stream), in order.
-STATUS_FIELDS = ("in_fps", "out_fps", "latency_p50_ms", "dropped", "model", "backend")
+# New fields only ever go at the end: a server older or newer than this script still reads.
+STATUS_FIELDS = (
+    "in_fps",
+    "out_fps",
+    "latency_p50_ms",
+    "dropped",
+    "model",
+    "backend",
+    "osc_rejected",
+)
+STATUS_MINIMUM = 6  # what every server sends
 
 SERVER_PORT = 9000
 REPLY_PORT = 9001  # the port the docs use for --osc-reply; `watch` listens there by default
@@ -86,12 +96,28 @@ def show_value(value: object) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
+def canonical(address: str) -> str | None:
+    """The address the server reads ``address`` as, or None if it knows none.
+
+    The server's own rule (``livediffusion.controls.canonical_address``): the leading ``/``
+    is optional and ``_`` may stand for ``/``, because TouchDesigner's OSC Out CHOP uses
+    channel names as addresses (``strength``, ``prompt_mix``).
+    """
+    path = address if address.startswith("/") else "/" + address
+    for name in (path, path.replace("_", "/")):
+        if name in KNOWN_ADDRESSES:
+            return name
+    return None
+
+
 def _address(text: str) -> str:
-    if not text.startswith("/"):
-        raise argparse.ArgumentTypeError(f"OSC addresses start with '/', got {text!r}")
-    if text not in KNOWN_ADDRESSES:
-        print(f"warning: livediffusion does not know {text}; it will drop it", file=sys.stderr)
-    return text
+    known = canonical(text)
+    if known is not None:
+        return known  # `set strength 0.6` sends /strength, as the server would read it
+    if not text.strip("/"):
+        raise argparse.ArgumentTypeError(f"not an OSC address: {text!r}")
+    print(f"warning: livediffusion does not know {text}; it will drop it", file=sys.stderr)
+    return text if text.startswith("/") else "/" + text
 
 
 def _prefix(text: str) -> str:
@@ -261,9 +287,10 @@ def raw_line(message: OscMessage) -> str:
 def watch_line(message: OscMessage) -> str:
     """One line per message: /status labelled, echoed changes (``/strength 0.5``) as they are."""
     params = list(message.params)
-    if message.address.endswith("/status") and len(params) == len(STATUS_FIELDS):
+    if message.address.endswith("/status") and len(params) >= STATUS_MINIMUM:
         fields = "  ".join(
-            f"{name}={show_value(value)}" for name, value in zip(STATUS_FIELDS, params, strict=True)
+            f"{name}={show_value(value)}"
+            for name, value in zip(STATUS_FIELDS, params, strict=False)
         )
         text = f"{message.address}  {fields}"
     else:
@@ -317,7 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     add = functools.partial(commands.add_parser, parents=[common])
 
-    set_ = add("set", help="send one message: set /strength 0.6")
+    set_ = add("set", help="send one message: set /strength 0.6 (or strength, prompt_mix ...)")
     set_.add_argument("address", type=_address)
     set_.add_argument("values", nargs="+", metavar="value", help="ints, floats or strings")
 

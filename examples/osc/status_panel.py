@@ -9,8 +9,8 @@ Start the server with a reply address, then run this where that address points::
     in 29.97 fps  out 29.5 fps  latency 41.23 ms  dropped 3  sdxs-512-0.9 on torch-cuda float16
     ... and, with --osc-echo, the latest change after it:  | /strength 0.5
 
-The server sends ``/status in_fps out_fps latency_p50_ms dropped model backend`` once a
-second (with ``--osc-prefix /stage1``: ``/stage1/status``), and with ``--osc-echo`` every
+The server sends ``/status in_fps out_fps latency_p50_ms dropped model backend osc_rejected``
+once a second (with ``--osc-prefix /stage1``: ``/stage1/status``), and with ``--osc-echo`` every
 accepted change, which is shown after the ``|``. The OSC decoder below reads just the types
 the server sends (``s``, ``f``, ``i``) so this runs on a machine without python-osc; anything
 it cannot read is skipped, never fatal.
@@ -69,14 +69,18 @@ def _plain(value: OscArg) -> str:
 
 
 def status_line(args: Sequence[OscArg], last_change: str = "") -> str:
-    """The line for one ``/status``: 6 arguments, in the order the server sends them."""
-    if len(args) != 6:
-        raise ValueError(f"/status has 6 arguments, got {len(args)}")
-    in_fps, out_fps, latency, dropped, model, backend = args
+    """The line for one ``/status``: at least 6 arguments, in the order the server sends them
+    (fields added later go at the end: the 7th is the OSC messages rejected so far)."""
+    if len(args) < 6:
+        raise ValueError(f"/status has at least 6 arguments, got {len(args)}")
+    in_fps, out_fps, latency, dropped, model, backend = args[:6]
     line = (
         f"in {in_fps:.4g} fps  out {out_fps:.4g} fps  latency {latency:.4g} ms  "
         f"dropped {dropped}  {model} on {backend}"
     )
+    rejected = args[6] if len(args) > 6 else 0
+    if rejected:
+        line += f"  OSC rejected {rejected}"
     return f"{line}  | {last_change}" if last_change else line
 
 

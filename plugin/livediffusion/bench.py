@@ -193,7 +193,7 @@ def run_comparison(
     """``bench --compare/--e2e/--still``: load the weights once, run what was asked, print
     each part as it finishes, then write the JSON and the chart."""
     from livediffusion.backends import BACKENDS, choose_backend
-    from livediffusion.bench_e2e import format_e2e, run_e2e
+    from livediffusion.bench_e2e import check_size, format_e2e, run_e2e
     from livediffusion.bench_modes import compare_modes, format_modes, format_still, still_saving
     from livediffusion_models.registry import get_model
     from livediffusion_models.weights import load_model
@@ -202,6 +202,9 @@ def run_comparison(
     choice = BACKENDS[name]
     choice.check(config)
     spec = get_model(config.model)
+    size = config.size or (spec.default_size, spec.default_size)
+    if e2e:
+        check_size(size)  # in one line now, not from the feeder after the weights loaded
     model = load_model(
         spec,
         config.weights or spec.hub_id,
@@ -209,7 +212,6 @@ def run_comparison(
         progress=True,
         torch_dtype=choice.load_dtype(config),
     )
-    size = config.size or (spec.default_size, spec.default_size)
     report: dict[str, Any] = {
         "model": config.model,
         "weights": config.weights or spec.hub_id,

@@ -32,11 +32,41 @@ import numpy.typing as npt
 from livediffusion.config import ServeConfig
 from livediffusion.soak import free_udp_port
 
-__all__ = ["BITS", "E2EResult", "decode_number", "encode_number", "format_e2e", "run_e2e"]
+__all__ = [
+    "BITS",
+    "MIN_SIDE",
+    "E2EResult",
+    "check_size",
+    "decode_number",
+    "encode_number",
+    "format_e2e",
+    "run_e2e",
+]
 
 log = logging.getLogger("livediffusion.bench")
 
 BITS = 20
+
+
+MIN_SIDE = 4 * BITS
+"""The narrowest frame whose number blocks survive NDI (20 blocks of at least 4 pixels)."""
+
+
+def check_size(size: tuple[int, int]) -> None:
+    """Refuse a model size the end-to-end bench cannot run, before anything is loaded:
+    it feeds square frames at the model's size, each carrying its number."""
+    height, width = size
+    if height != width:
+        raise ValueError(
+            f"--e2e feeds square frames at the model's size: give a square --size, "
+            f"got {width}x{height}"
+        )
+    if width < MIN_SIDE:
+        raise ValueError(
+            f"--e2e needs a model size of at least {MIN_SIDE} pixels (each frame carries its "
+            f"number in 20 blocks of 4 pixels or more), got {width}x{height}: use --size 128 "
+            "or more"
+        )
 
 
 def block_size(width: int) -> int:
@@ -147,12 +177,28 @@ def _host(
                     got_at[number] = now
                 first.set()
 
-    threads = [threading.Thread(target=f, daemon=True) for f in (feed, receive)]
+    failures: list[str] = []
+
+    def guarded(body: Any) -> Any:
+        def run() -> None:
+            try:
+                body()
+            except Exception as exc:  # said at once, not after the 90 s wait below
+                failures.append(f"{type(exc).__name__}: {exc}")
+                stop.set()
+
+        return run
+
+    threads = [threading.Thread(target=guarded(f), daemon=True) for f in (feed, receive)]
     for thread in threads:
         thread.start()
-    if not first.wait(90.0):
+    deadline = time.monotonic() + 90.0
+    while not first.wait(0.1) and not failures and time.monotonic() < deadline:
+        pass
+    if failures or not first.is_set():
         stop.set()
-        pipe.send({"error": "no frame came back through the server within 90 s"})
+        problem = failures[0] if failures else "no frame came back through the server within 90 s"
+        pipe.send({"error": problem})
         return
     time.sleep(1.0)  # settle: connection set-up and the first frames are not the steady state
     start_count = counts["sent"]
@@ -194,9 +240,8 @@ def run_e2e(
     """
     from livediffusion.server import run_server
 
-    height, width = backend.model_size
-    if height != width:
-        raise ValueError("the end-to-end bench feeds square frames at the model's size")
+    check_size(backend.model_size)
+    width = backend.model_size[1]
     tag = f"{os.getpid()}-{int(time.time()) % 100000}"
     in_name, out_name = f"ld-bench-in-{tag}", f"ld-bench-out-{tag}"
     serve = dataclasses.replace(

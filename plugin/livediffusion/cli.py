@@ -8,6 +8,7 @@ import atexit
 import contextlib
 import dataclasses
 import logging
+import math
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -15,7 +16,7 @@ from typing import Any, NoReturn
 
 from livediffusion.config import ServeConfig
 from livediffusion.hosts import HOST_FILES
-from livediffusion.options import GROUPS, OPTIONS, Option
+from livediffusion.options import GROUPS, OPTIONS, Option, show_default
 from livediffusion_models.coreml import CoreMLSettings
 
 __all__ = ["build_parser", "main"]
@@ -42,8 +43,11 @@ def _arguments(
         group = groups.get(option.group)
         if group is None:
             group = groups[option.group] = parser.add_argument_group(GROUPS[option.group])
-        default = (defaults or {}).get(option.key, option.default)
-        shown = option.default_text or ("none" if default in ("", (), None) else default)
+        overridden = defaults is not None and option.key in defaults
+        default = defaults[option.key] if defaults is not None and overridden else option.default
+        # A command that sets its own default (doctor's 256x256, bench's random weights) says
+        # that one, not the text written for serve's.
+        shown = show_default(option, default) if overridden else show_default(option)
         extra: dict[str, Any] = {
             "dest": option.key,
             "help": f"{option.help} (default: {shown})",
@@ -72,6 +76,16 @@ def _flag_type(option: Option) -> Callable[[str], Any]:
 
     parse.__name__ = option.key  # argparse names it in "invalid <name> value"
     return parse
+
+
+def _seconds_above_zero(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 < value < math.inf:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds > 0, got {text!r}")
+    return value
 
 
 _MODEL_KEYS = ("model", "weights", "backend", "device", "dtype", "cache_dir")
@@ -127,7 +141,13 @@ def build_parser() -> argparse.ArgumentParser:
     sources = commands.add_parser(
         "sources", help="list the Syphon/NDI/Spout sources in view and the cameras"
     )
-    sources.add_argument("--timeout", type=float, default=2.0, metavar="SECONDS")
+    sources.add_argument(
+        "--timeout",
+        type=_seconds_above_zero,
+        default=2.0,
+        metavar="SECONDS",
+        help="how long to look for senders; NDI answers within a second or two (default: 2)",
+    )
 
     download = commands.add_parser("download", help="fetch a model's weights into the cache")
     _arguments(download, ("model", "weights", "cache_dir"))
@@ -149,7 +169,11 @@ def build_parser() -> argparse.ArgumentParser:
         "source paper's M3 Ultra figures. Weights are random unless --weights says otherwise "
         "(the speed is the architecture's).",
     )
-    _arguments(bench, (*_MODEL_KEYS, "compile", "size", *_COREML_KEYS, *_COREML_HINT_KEYS))
+    _arguments(
+        bench,
+        (*_MODEL_KEYS, "compile", "size", *_COREML_KEYS, *_COREML_HINT_KEYS),
+        defaults={"weights": "random"},
+    )
     bench.add_argument("--frames", type=int, default=50, help="timed runs per stage (50)")
     bench.add_argument("--warmup", type=int, default=5, help="untimed frames first (5)")
     bench.add_argument("--json", metavar="FILE", help="also write the results as JSON")
@@ -183,13 +207,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="check that this machine's backends and transports work; paste it in bug reports",
         description="Check which backends and transports work here; on a Mac also the whole "
         "Core ML path on a tiny model (convert, compile, load, a frame against torch, one row "
-        "each) and a Syphon round trip. The torch frame uses random weights unless --weights "
+        "each) and a Syphon round trip. The torch frame's weights are random unless --weights "
         "says otherwise, at 256x256 unless --size does (same paths, quicker).",
     )
     _arguments(
         doctor,
         (*_MODEL_KEYS, "size", *_COREML_KEYS, *_COREML_HINT_KEYS),
-        defaults={"size": (256, 256)},
+        defaults={"size": (256, 256), "weights": "random"},
     )
     doctor.add_argument(
         "--quick", action="store_true", help="only imports and transports, no model"
@@ -386,7 +410,7 @@ def _check_config(args: argparse.Namespace) -> ServeConfig:
     """bench and doctor build the backend as serve would; random weights unless told."""
     return ServeConfig(
         model=args.model,
-        weights=args.weights or "random",
+        weights=args.weights,
         backend=args.backend,
         device=args.device,
         dtype=args.dtype,

@@ -47,8 +47,8 @@ def parse_size(text: str, *, multiple_of: int = 1) -> tuple[int, int]:
 
 @dataclass(frozen=True, slots=True)
 class ServeConfig:
-    source: str = ""
-    sink: str = ""
+    source: str = field(default_factory=default_source)  # syphon:// on macOS, else ndi://
+    sink: str = field(default_factory=default_sink)
     model: str = "sdxs-512-0.9"
     weights: str | None = None  # None: the model's hub id
     backend: str = "auto"  # a name in livediffusion.backends.BACKENDS, or auto
@@ -80,9 +80,3 @@ class ServeConfig:
     duration: float | None = None  # stop by itself after this many seconds (demos, soak)
     log_level: str = "info"
     log_file: str | None = None
-
-    def resolved_source(self) -> str:
-        return self.source or default_source()
-
-    def resolved_sink(self) -> str:
-        return self.sink or default_sink()

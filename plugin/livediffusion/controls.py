@@ -158,7 +158,7 @@ CONTROLS: Mapping[str, ControlSpec] = {
         ControlSpec(
             "/status",
             "action",
-            "reply /status in_fps out_fps latency_ms dropped model backend",
+            "reply /status in_fps out_fps latency_p50_ms dropped model backend osc_rejected",
         ),
         ControlSpec("/ping", "action", "reply /pong with the same arguments"),
     )

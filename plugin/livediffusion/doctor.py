@@ -241,7 +241,20 @@ def _check_midi(context: Context) -> Outcome:
     if missing:
         return "SKIP", f'optional, {missing} missing: pip install "livediffusion[midi]"'
     _import("mido", "rtmidi")
-    return "PASS", f"mido {_version('mido')}, python-rtmidi {_version('python-rtmidi')}"
+    from livediffusion import midi
+
+    versions = f"mido {_version('mido')}, python-rtmidi {_version('python-rtmidi')}"
+    # Importing says little: the ports must be listable, or no controller can be opened.
+    try:
+        ports = midi.list_ports()
+    except midi.MidiError as exc:
+        if sys.platform.startswith("linux") and not midi.ALSA_SEQUENCER.exists():
+            # No sequencer device at all (a server, a container): MIDI cannot run here,
+            # as Syphon cannot off macOS. Where there is one, failing to list is a fault.
+            return "SKIP", f"{versions}; {exc}"
+        return "FAIL", f"{versions}; {exc}"
+    listed = ", ".join(repr(name) for name in ports) if ports else "none plugged in"
+    return "PASS", f"{versions}; {len(ports)} input ports: {listed}"
 
 
 # -- 4, 5. Round trips -----------------------------------------------------------------------

@@ -13,6 +13,7 @@ the inference thread reads one :class:`Controls` snapshot per frame.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -25,6 +26,7 @@ import numpy.typing as npt
 
 from livediffusion.controls import GLIDING_FIELDS, Controls, ControlStore
 from livediffusion.glide import Glide, Ramp
+from livediffusion.placeholder import Placeholder
 from livediffusion.prompts import PromptEncoder
 from livediffusion.similarity import SimilarityGate
 from livediffusion.slots import BufferPool, LatestSlot
@@ -52,9 +54,18 @@ class EngineOptions:
     fallback_fps: float = 30.0  # how often the fallback is re-sent, so receivers stay connected
     max_failures: int = 5  # consecutive failed frames before the model is bypassed
     retry_after: float = 5.0  # seconds in bypass before the model is tried again
-    stall_after: float = 5.0  # seconds one frame may take before the watchdog says so
+    stall_after: float = 5.0
+    """The watchdog's floor: a frame is never called stalled before this many seconds."""
+    stall_factor: float = 5.0
+    """A frame is stalled once it takes this many times this machine's typical frame (the
+    recent median; before the first frame, the warm-up's time): a 7 s CPU frame is normal
+    there, a GPU frame that takes 7 s is not."""
     skip_similar: float = 0.0
     """Republish the last output while the input changes less than this (0..1); 0 = off."""
+    placeholder_size: tuple[int, int] = (512, 512)
+    """(height, width) of the loading card while there is neither a model nor an input."""
+    placeholder_fps: float = 15.0
+    """At most this many placeholder frames a second: the model is loading on the same CPU."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,26 +75,34 @@ class _Result:
 
 
 class Engine:
-    """Owns the three frame threads and the prompt thread; not the source, sink or backend."""
+    """Owns the three frame threads and the prompt thread; not the source, sink or backend.
+
+    Two ways to start: :meth:`start` with the backend given to the constructor (or to
+    ``start``) runs everything once the model is warm. The server calls :meth:`open` first,
+    before the model exists: the capture and publish threads start at once and the sink
+    shows the input (or a card) marked as loading, so hosts can find and pick the output
+    while the weights load; ``start(backend)`` then brings the model in.
+    """
 
     def __init__(
         self,
         *,
         source: FrameSource,
         sink: FrameSink,
-        backend: Backend,
+        backend: Backend | None = None,
         controls: ControlStore,
         options: EngineOptions | None = None,
         stop: threading.Event | None = None,
     ) -> None:
         """``stop``: an event shared with the caller (its signal handler), so setting it both
-        stops running threads and cuts a start-up warm-up short."""
+        stops running threads and cuts a start-up warm-up short. ``backend``: may come later,
+        through :meth:`start`."""
         self.source = source
         self.sink = sink
-        self.backend = backend
+        self._backend = backend
         self.controls = controls
         self.options = options or EngineOptions()
-        self.stats = Stats(backend=backend.name)
+        self.stats = Stats(backend=backend.name if backend is not None else "starting")
         self._inputs: LatestSlot[Frame] = LatestSlot()
         self._outputs: LatestSlot[_Result] = LatestSlot()
         self._pool = BufferPool()
@@ -93,7 +112,7 @@ class Engine:
         self._ramps = {field: Ramp(getattr(first, field)) for field in GLIDING_FIELDS}
         self._resets = controls.resets
         self._has_b = False  # a B prompt has reached the backend
-        self._prompts = PromptEncoder(backend.encode_prompt, controls)
+        self._prompts: PromptEncoder | None = None  # made with the backend
         self._stop = stop or threading.Event()
         self._errors: list[BaseException] = []
         self._threads = [
@@ -102,9 +121,13 @@ class Engine:
             threading.Thread(target=self._guard(self._publish), name="publish", daemon=True),
         ]
         self._started = False
+        self._opened = False  # capture and publish run (placeholders until warm)
         self._stopped = False
         self._warm = threading.Event()
+        self._placeholder = Placeholder()
+        self.placeholders = 0  # placeholder frames published before the model was warm
         self._busy_since: float | None = None  # when the frame now in the model started
+        self._warmup_seconds = 0.0  # how long the warm-up took: the first frame's yardstick
         self._last_input = 0.0  # monotonic time of the newest input frame
         self._held: Frame | None = None  # the newest input, for --on-source-loss hold-input
         self._failures = 0  # consecutive failed frames
@@ -117,22 +140,57 @@ class Engine:
 
     # -- lifecycle -----------------------------------------------------------------------
 
-    def start(self) -> Engine:
-        """Encode the starting prompt, start the threads, and return once the model is warm."""
+    @property
+    def backend(self) -> Backend:
+        if self._backend is None:
+            raise RuntimeError("the engine has no backend yet: start(backend) gives it one")
+        return self._backend
+
+    @property
+    def has_backend(self) -> bool:
+        return self._backend is not None
+
+    @property
+    def warm(self) -> bool:
+        """The model has warmed up: frames go through it from now on."""
+        return self._warm.is_set()
+
+    def open(self) -> Engine:
+        """Start capturing and publishing now, before the model is there: until it is warm the
+        sink gets the input passed through, marked ``LOADING``, or a card saying so while
+        there is no input (:mod:`livediffusion.placeholder`)."""
+        if not self._opened:
+            self._opened = True
+            capture, _, publish = self._threads
+            capture.start()
+            publish.start()
+        return self
+
+    def start(self, backend: Backend | None = None) -> Engine:
+        """Encode the starting prompt, start the threads, and return once the model is warm
+        (or ``stop`` was set meanwhile)."""
+        if backend is not None:
+            if self._backend is not None and self._backend is not backend:
+                raise RuntimeError("the engine has a backend already")
+            self._backend = backend
+            self.stats.backend = backend.name
+        backend = self.backend
+        prompts = self._prompts = PromptEncoder(backend.encode_prompt, self.controls)
         first = self.controls.snapshot()
-        self.backend.set_prompt(self._prompts.encode(first.prompt))
+        backend.set_prompt(prompts.encode(first.prompt))
         if first.prompt_b:
-            self.backend.set_prompt(self._prompts.encode(first.prompt_b), slot="b")
+            backend.set_prompt(prompts.encode(first.prompt_b), slot="b")
             self._has_b = True
-        self.backend.set_seed(first.seed)
+        backend.set_seed(first.seed)
         self._seed = first.seed
-        self._prompts.start()
+        prompts.start()
         capture, inference, publish = self._threads
         inference.start()  # it warms up first; frames would only be dropped meanwhile
         while not self._warm.wait(0.1) and not self._stop.is_set():
             pass
-        capture.start()
-        publish.start()
+        if not self._opened:
+            capture.start()
+            publish.start()
         self._started = True
         return self
 
@@ -148,42 +206,81 @@ class Engine:
     def stop(self, timeout: float = 1.0) -> list[str]:
         """Stop and join every thread; returns the names of threads that did not finish.
 
-        A frame in flight is not waited for beyond ``timeout`` (a CPU frame can take seconds):
-        the threads are daemons, and :attr:`busy` tells the caller not to free the model
-        under them. Calling it again does not wait again.
+        Every thread is told first and all are joined against one deadline, so the waits
+        overlap instead of adding up. A frame in flight is waited for only when this
+        machine's typical frame says it ends within ``timeout``; otherwise (a 7 s CPU frame,
+        a warm-up) not at all: the threads are daemons, and :attr:`busy` tells the caller not
+        to free the model under them. Calling it again does not wait again.
         """
         self._stop.set()
         if self._stopped:
             return [thread.name for thread in self._threads if thread.is_alive()]
         self._stopped = True
-        self._prompts.close(timeout=min(timeout, 0.5))
-        deadline = time.monotonic() + timeout
+        prompts = self._prompts
+        if prompts is not None:
+            prompts.close(timeout=0.0)  # told now, joined below with the rest
+        now = time.monotonic()
+        deadline = now + timeout
+        capture, inference, publish = self._threads
+        finish = self._frame_ends(now)
+        waits = [
+            (capture, deadline),
+            (publish, deadline),
+            (inference, min(deadline, finish) if finish <= deadline or finish == math.inf else now),
+        ]
         stuck = []
-        for thread in self._threads:
+        for thread, until in waits:
             if thread.is_alive():
-                thread.join(max(0.0, deadline - time.monotonic()))
+                thread.join(max(0.0, until - time.monotonic()))
                 if thread.is_alive():
                     stuck.append(thread.name)
+        if prompts is not None:
+            prompts.close(timeout=max(0.0, deadline - time.monotonic()))
         if stuck:
             log.info("not waiting for the %s thread (a frame is in flight)", ", ".join(stuck))
         return stuck
+
+    def _frame_ends(self, now: float) -> float:
+        """When the frame now in the model should be done (plus a margin), or ``now`` when
+        nobody can say (the warm-up: a first compile may take a minute)."""
+        since = self._busy_since
+        if since is None:
+            return math.inf  # between frames: the thread sees the stop within a poll
+        typical = self.stats.step_p50()
+        if not self._warm.is_set() or typical <= 0.0:
+            return now
+        return since + 1.5 * typical + _POLL
 
     @property
     def busy(self) -> bool:
         """A frame thread is still inside the model or a transport: do not free them."""
         return any(thread.is_alive() for thread in self._threads)
 
+    @property
+    def warming_for(self) -> float | None:
+        """Seconds the model has been warming up, while it does."""
+        since = self._busy_since
+        if since is None or self._warm.is_set():
+            return None
+        return time.monotonic() - since
+
     # -- what the status line reports ------------------------------------------------------
 
+    def stall_limit(self) -> float:
+        """Seconds a frame may take here before it counts as stalled: several times this
+        machine's typical frame, never less than the floor."""
+        typical = self.stats.step_p50() or self._warmup_seconds
+        return max(self.options.stall_after, self.options.stall_factor * typical)
+
     def stalled_for(self, now: float | None = None) -> float | None:
-        """Seconds the current frame has been in the model, when that is far too long."""
+        """Seconds the current frame has been in the model, when that is far too long for
+        this machine (see :meth:`stall_limit`). Not during the warm-up: that has no yardstick
+        yet, and a first compile can take a minute."""
         since = self._busy_since
-        if since is None:
+        if since is None or not self._warm.is_set():
             return None
         now = time.monotonic() if now is None else now
-        typical = self.stats.step_p50()
-        limit = max(self.options.stall_after, 10.0 * typical)
-        return now - since if now - since > limit else None
+        return now - since if now - since > self.stall_limit() else None
 
     @property
     def degraded(self) -> bool:
@@ -230,7 +327,8 @@ class Engine:
         # workspaces, so a warm-up elsewhere leaves this thread's first frame slow.
         log.info("warming up %s ...", self.backend.name)
         self._busy_since = time.monotonic()
-        log.info("warm in %.1f s", self.backend.warmup())
+        self._warmup_seconds = self.backend.warmup()
+        log.info("warm in %.1f s", self._warmup_seconds)
         self._busy_since = None
         self.stats.backend = self.backend.name  # a compile that fell back renames it
         self._warm.set()
@@ -240,6 +338,8 @@ class Engine:
             if frame is None:
                 self._fallback_if_lost()
                 continue
+            if self._stop.is_set():
+                break  # stopped while waiting: no new frame into the model now
             self._held = frame
             self._fallback_shown = False
             controls = self.controls.snapshot()
@@ -279,6 +379,42 @@ class Engine:
                     )
                     first_frame = False
             self._put_output(out, frame.timestamp)
+
+    def _publish_placeholders(self) -> bool:
+        """Until the model is warm: the newest input passed through and marked, or a loading
+        card while there is none, at most ``placeholder_fps``. The capture thread already
+        fills the input slot; the inference thread does not take from it before it is warm.
+        False when the sink cannot publish at all (said once; the engine stops)."""
+        period = 1.0 / self.options.placeholder_fps
+        last_sent = 0.0
+        buffer: npt.NDArray[np.uint8] | None = None
+        while not self._warm.is_set() and not self._stop.is_set():
+            frame = self._inputs.take(timeout=period)
+            now = time.monotonic()
+            if now - last_sent < period:
+                continue  # the input is faster than placeholders need to be
+            if frame is None and not (self._last_input == 0.0 or self.source_lost(now)):
+                continue  # a slow input: receivers keep the last picture meanwhile
+            if frame is not None:
+                shape = (*(self.options.output_size or (frame.height, frame.width)), 4)
+            else:
+                shape = (*(self.options.output_size or self.options.placeholder_size), 4)
+            if buffer is None or buffer.shape != shape:
+                buffer = np.empty(shape, dtype=np.uint8)
+            if frame is not None:
+                self._placeholder.from_input(frame.pixels, buffer)
+            else:
+                self._placeholder.card(buffer)
+            try:
+                self.sink.publish(buffer)
+            except TransportError as exc:
+                log.error("cannot publish to %s: %s", self.sink.uri, exc)
+                self._errors.append(exc)
+                self._stop.set()
+                return False
+            last_sent = now
+            self.placeholders += 1
+        return not self._stop.is_set()
 
     # -- --skip-similar -----------------------------------------------------------------------
 
@@ -381,8 +517,10 @@ class Engine:
         now = time.monotonic()
         self._prompt_glide.seconds = controls.prompt_glide
         self._seed_glide.seconds = controls.seed_glide
+        prompts = self._prompts
+        assert prompts is not None  # made in start(), before the inference thread
         for slot in ("a", "b"):
-            ready = self._prompts.take_ready(slot)
+            ready = prompts.take_ready(slot)
             if ready is not None:
                 text, embedding = ready
                 position = self._prompt_glide.position(now)
@@ -409,7 +547,10 @@ class Engine:
 
     def _publish(self) -> None:
         """Publish each result; while the source is lost, re-send the last one at
-        ``fallback_fps`` so receivers keep a picture and stay connected."""
+        ``fallback_fps`` so receivers keep a picture and stay connected. Before the model is
+        warm (after :meth:`open`), publish placeholders instead."""
+        if not self._warm.is_set() and not self._publish_placeholders():
+            return
         period = 1.0 / self.options.fallback_fps
         shown: npt.NDArray[np.uint8] | None = None  # the last published pixels, kept alive
         while not self._stop.is_set():

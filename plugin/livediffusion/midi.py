@@ -15,10 +15,13 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import sys
+import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -439,11 +442,68 @@ def _mido() -> Any:
     return mido
 
 
+ALSA_SEQUENCER = Path("/dev/snd/seq")
+
+
+@contextmanager
+def _native_stderr_caught() -> Iterator[list[str]]:
+    """Catch what C libraries write straight to file descriptor 2 meanwhile.
+
+    Without a sequencer ALSA prints ``ALSA lib seq_hw.c:466:(snd_seq_hw_open) open
+    /dev/snd/seq failed ...`` itself before rtmidi raises, so the user saw a raw C line above
+    our one-line error. Its lines are handed back (and logged at debug level); anything else
+    written meanwhile (another thread's log line) is passed on to stderr afterwards.
+    """
+    lines: list[str] = []
+    if not sys.platform.startswith("linux"):
+        yield lines
+        return
+    try:
+        saved = os.dup(2)
+    except OSError:
+        yield lines
+        return
+    with tempfile.TemporaryFile() as caught:
+        with suppress(Exception):
+            sys.stderr.flush()
+        os.dup2(caught.fileno(), 2)
+        try:
+            yield lines
+        finally:
+            with suppress(Exception):
+                sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            caught.seek(0)
+            text = caught.read().decode("utf-8", "replace")
+            for line in text.splitlines():
+                if line.startswith("ALSA lib "):
+                    lines.append(line)
+                    log.debug("%s", line)
+                else:
+                    with suppress(Exception):
+                        sys.stderr.write(line + "\n")
+            with suppress(Exception):
+                sys.stderr.flush()
+
+
+def _port_problem(exc: BaseException) -> str:
+    """rtmidi's reason, and what it means where it means one thing."""
+    if sys.platform.startswith("linux") and not ALSA_SEQUENCER.exists():
+        return (
+            f"{exc} (there is no ALSA sequencer here: {ALSA_SEQUENCER} is missing, so no "
+            "MIDI device can be reached; load the snd-seq kernel module, or run where the "
+            "controller is plugged in)"
+        )
+    return str(exc)
+
+
 def _input_names(backend: Any) -> list[str]:
     try:
-        return [str(name) for name in backend.get_input_names()]
+        with _native_stderr_caught():
+            return [str(name) for name in backend.get_input_names()]
     except (OSError, RuntimeError) as exc:  # rtmidi: no ALSA sequencer, no CoreMIDI server ...
-        raise MidiError(f"cannot list MIDI ports: {exc}") from exc
+        raise MidiError(f"cannot list MIDI ports: {_port_problem(exc)}") from exc
 
 
 def list_ports(*, backend: Any = None) -> list[str]:
@@ -530,10 +590,13 @@ class MidiInput:
             self.name = find_port(port, _input_names(backend))
         try:
             # the callback may run at once, on rtmidi's thread: everything it uses is set above
-            self._port = backend.open_input(self.name, virtual=virtual, callback=self._on_message)
+            with _native_stderr_caught():
+                self._port = backend.open_input(
+                    self.name, virtual=virtual, callback=self._on_message
+                )
         except (OSError, RuntimeError) as exc:
             kind = "create virtual MIDI port" if virtual else "open MIDI port"
-            raise MidiError(f"cannot {kind} {self.name!r}: {exc}") from exc
+            raise MidiError(f"cannot {kind} {self.name!r}: {_port_problem(exc)}") from exc
         log.info(
             "MIDI: %s %r with map %s",
             "virtual port" if virtual else "listening on",
@@ -645,9 +708,10 @@ def learn(
     backend = backend if backend is not None else _mido()
     name = find_port(port, _input_names(backend))
     try:
-        opened = backend.open_input(name)
+        with _native_stderr_caught():
+            opened = backend.open_input(name)
     except (OSError, RuntimeError) as exc:
-        raise MidiError(f"cannot open MIDI port {name!r}: {exc}") from exc
+        raise MidiError(f"cannot open MIDI port {name!r}: {_port_problem(exc)}") from exc
     learner = Learner()
     found = 0
     deadline = None if seconds is None else time.monotonic() + seconds

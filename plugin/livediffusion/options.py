@@ -20,7 +20,7 @@ import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -35,6 +35,8 @@ from livediffusion.controls import (
     Controls,
     parse_message,
 )
+from livediffusion_bridge import InvalidURIError, check_uri
+from livediffusion_bridge.uri import shorten
 from livediffusion_models.coreml import (
     COMPUTE_UNITS,
     PRECISIONS,
@@ -54,6 +56,7 @@ __all__ = [
     "format_toml",
     "options_table",
     "read_config_file",
+    "show_default",
     "values_from_config",
 ]
 
@@ -98,7 +101,8 @@ class Option:
 
 
 def _show(value: object) -> str:
-    return repr(value) if isinstance(value, str) else str(value)
+    """A value as an error message echoes it: cut, so a pasted 3 KB prompt is not a 3 KB line."""
+    return shorten(repr(value) if isinstance(value, str) else str(value))
 
 
 def _text(value: object) -> str:
@@ -110,6 +114,36 @@ def _text(value: object) -> str:
 def _optional_text(value: object) -> str | None:
     text = _text(value)
     return text or None
+
+
+def _uri(role: Literal["source", "sink"], default: str) -> Parser:
+    """A source or sink URI, checked without opening it. An empty one is refused: it used
+    to mean the default silently, which a typo or an empty variable also produces."""
+
+    def parse(value: object) -> str:
+        text = _text(value).strip()
+        if not text:
+            raise ValueError(
+                f"must be a {role} URI such as {default} or test://pattern; leave it out "
+                f"for the default ({default})"
+            )
+        try:
+            check_uri(text, role=role)
+        except InvalidURIError as exc:
+            raise ValueError(str(exc)) from None
+        return text
+
+    return parse
+
+
+def _midi_map(value: object) -> str | None:
+    """A shipped map's name or a file, read and checked now rather than after OSC started."""
+    text = _optional_text(value)
+    if text is not None:
+        from livediffusion.midi import load_map
+
+        load_map(text)  # MidiMapError is a ValueError naming the file, entry and value
+    return text
 
 
 def _choice(choices: Sequence[str], *, none: str | None = None) -> Parser:
@@ -353,7 +387,7 @@ def _build_options() -> tuple[Option, ...]:
             "frames",
             "ndi://NAME, ndi://HOST:PORT, syphon://SERVER, spout://NAME, test://pattern, "
             "file://PATH, camera://INDEX or camera://NAME (`livediffusion sources` lists them)",
-            _text,
+            _uri("source", default_source()),
             metavar="URI",
             default_text=f"{default_source('darwin')} on macOS, else {default_source('linux')}",
         ),
@@ -361,7 +395,7 @@ def _build_options() -> tuple[Option, ...]:
             "sink",
             "frames",
             "ndi://NAME, syphon://NAME, spout://NAME, memory://NAME, window://TITLE (on screen)",
-            _text,
+            _uri("sink", default_sink()),
             metavar="URI",
             default_text=f"{default_sink('darwin')} on macOS, else {default_sink('linux')}",
         ),
@@ -432,7 +466,8 @@ def _build_options() -> tuple[Option, ...]:
             "torch on CUDA: default = torch.compile and the whole frame in one CUDA graph "
             "(first start compiles for about a minute, cached afterwards); max also autotunes "
             "every kernel (many minutes once); off = eager, for a driver or card that "
-            "misbehaves. Eager is also the automatic fallback when compiling fails",
+            "misbehaves. Eager is also the automatic fallback when compiling fails; other "
+            "devices always run eager",
             _choice(("off", "default", "max")),
             choices=("off", "default", "max"),
         ),
@@ -593,8 +628,9 @@ def _build_options() -> tuple[Option, ...]:
         _serve(
             "midi_map",
             "midi",
-            "a shipped map (nanokontrol2, midimix, launchcontrol_xl) or a TOML file",
-            _optional_text,
+            "a shipped map (nanokontrol2, midimix, launchcontrol_xl) or a TOML file; "
+            "used with --midi",
+            _midi_map,
             metavar="MAP",
         ),
         _serve(
@@ -638,7 +674,7 @@ def _build_options() -> tuple[Option, ...]:
         _serve(
             "duration",
             "run",
-            "stop by itself after this long (benchmarks, demos)",
+            "stop by itself this long after the model started processing (benchmarks, demos)",
             _seconds(optional=True),
             metavar="SECONDS",
             default_text="run until stopped",
@@ -703,7 +739,8 @@ def _take(
     try:
         values[key] = option.parse(value)
     except ValueError as exc:
-        raise ConfigFileError(f"{path}: {where} = {_toml_value(value)}: {exc}") from None
+        shown = shorten(_toml_value(value))
+        raise ConfigFileError(f"{path}: {where} = {shown}: {exc}") from None
 
 
 # -- to a ServeConfig and back --------------------------------------------------------------
@@ -796,6 +833,25 @@ def format_toml(values: Mapping[str, Any]) -> str:
                 lines.append(f"{option.key} = {_toml_value(value)}")
         lines.append("")
     return "\n".join(lines)
+
+
+_UNSET: Any = object()
+
+
+def show_default(option: Option, value: Any = _UNSET) -> str:
+    """How ``--help`` and the docs show a default: the option's own (its ``default_text``
+    where the value alone would not say it), or ``value`` where a command sets another."""
+    if value is _UNSET:
+        if option.default_text is not None:
+            return option.default_text
+        value = option.default
+    if value in ("", (), None):
+        return option.default_text or "none"
+    shown = _as_option_value(option.key, value)
+    if isinstance(shown, tuple) and len(shown) == 2:
+        height, width = shown
+        return f"{width}x{height}"
+    return str(shown)
 
 
 def options_table() -> str:

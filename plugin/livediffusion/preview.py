@@ -11,7 +11,16 @@ from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass
 
-from livediffusion_bridge import Frame, FrameSink, FrameSource, Pixels, PreviewWindow, WindowSink
+from livediffusion_bridge import (
+    BackendUnavailableError,
+    Frame,
+    FrameSink,
+    FrameSource,
+    NoDisplayError,
+    Pixels,
+    PreviewWindow,
+    WindowSink,
+)
 
 __all__ = ["Preview", "attach_preview"]
 
@@ -54,6 +63,10 @@ class _TeeSink(FrameSink):
     def listen_address(self) -> str | None:
         return self.inner.listen_address
 
+    @property
+    def shown_as(self) -> str | None:
+        return self.inner.shown_as
+
     def publish(self, pixels: Pixels) -> None:
         self.inner.publish(pixels)
         self._window.show(pixels, "output")
@@ -86,7 +99,17 @@ def attach_preview(
     if window is None:
         if mode == "off":
             return None
-        window = stack.enter_context(PreviewWindow(title))
+        try:
+            window = stack.enter_context(PreviewWindow(title))
+        except NoDisplayError as exc:
+            # The window's own message is written for window:// ("use another sink"); here
+            # the option that asked for a window is --preview.
+            raise BackendUnavailableError(
+                f"--preview {mode} needs a display and there is none ({exc.detail}): set "
+                "DISPLAY, or leave --preview out (--preview off) to run without the window"
+            ) from None
+        except BackendUnavailableError as exc:
+            raise BackendUnavailableError(f"--preview {mode}: {exc}") from None
         sink = _TeeSink(sink, window)
     if mode == "side-by-side":
         source = _TeeSource(source, window)

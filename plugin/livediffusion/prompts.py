@@ -64,7 +64,8 @@ class PromptEncoder:
     def _run(self) -> None:
         version = self._store.version
         while not self._stop.is_set():
-            version = self._store.wait_for_change(version, timeout=0.2)
+            # short waits: a stop is seen within 50 ms (a change wakes it at once anyway)
+            version = self._store.wait_for_change(version, timeout=0.05)
             for slot in ("a", "b"):
                 self._refresh(slot)
 

@@ -22,10 +22,11 @@ from livediffusion.controls import ControlStore
 from livediffusion.engine import SOURCE_LOSS_MODES, Engine, EngineOptions, SourceLoss
 from livediffusion.presets import PresetFile
 from livediffusion.preview import attach_preview
-from livediffusion.status import Stats, format_status, format_summary
+from livediffusion.status import format_status, format_summary
 from livediffusion.surface import ControlSurface, StatusValues
-from livediffusion_bridge import open_sink, open_source, pump_events
-from livediffusion_bridge.osc import OscServer
+from livediffusion.terminal import StatusLine
+from livediffusion_bridge import FrameSink, open_sink, open_source, pump_events
+from livediffusion_bridge.osc import OscCounters, OscServer
 from livediffusion_models.backends import Backend
 
 __all__ = ["build_backend", "run_server"]
@@ -39,8 +40,9 @@ class _StopDuringStartup(BaseException):
 
 @contextmanager
 def _stop_on_signals(stop: threading.Event, running: threading.Event) -> Iterator[None]:
-    """SIGINT/SIGTERM set ``stop``; before ``running`` they also abort the start-up at once
-    (loading weights can take many seconds). Only the main thread may install handlers."""
+    """SIGINT/SIGTERM set ``stop``; before ``running`` (while OSC, the source and the sink
+    open) they also abort the start-up at once. The model loads on a thread of its own, so
+    after that the main loop sees ``stop``. Only the main thread may install handlers."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -66,40 +68,89 @@ def _pump_until(stop: threading.Event, seconds: float) -> None:
         pump_events(min(0.05, max(0.0, end - time.monotonic())))
 
 
-class _StatusLine:
-    """One line, rewritten in place on a terminal; plain lines when logging to a file/pipe."""
-
-    def __init__(self, stream: TextIO) -> None:
-        self._stream = stream
-        self._tty = stream.isatty()
-
-    def show(self, text: str) -> None:
-        if self._tty:
-            self._stream.write("\r\x1b[2K" + text)
-        else:
-            self._stream.write(text + "\n")
-        self._stream.flush()
-
-    def finish(self) -> None:
-        if self._tty:
-            self._stream.write("\n")
-            self._stream.flush()
-
-
 def _source_loss(mode: str) -> SourceLoss:
     if mode not in SOURCE_LOSS_MODES:
         raise ValueError(f"on_source_loss must be one of {', '.join(SOURCE_LOSS_MODES)}")
     return mode  # type: ignore[return-value]  # checked just above
 
 
-def _close_backend(backend: Backend, engines: list[Engine]) -> None:
-    """Free the model, unless a frame is still inside it (a CPU frame can take seconds):
-    freeing memory under a running kernel can abort the process. The process is about to
-    exit, which frees everything anyway."""
-    if engines and engines[0].busy:
-        log.debug("not closing the backend: a frame is still in flight")
-        return
-    backend.close()
+class _Loader:
+    """Builds the backend and warms the model up on a thread of its own.
+
+    The main thread meanwhile keeps the status line, OSC replies and the OS event loop going
+    (Syphon discovery and the preview window need it), while the engine's publish thread
+    already shows placeholders, so the output can be found and picked during a load that
+    takes a minute on a CPU. A load that fails is re-raised on the main thread.
+    """
+
+    def __init__(
+        self,
+        config: ServeConfig,
+        backend: Backend | None,
+        engine: Engine,
+        stop: threading.Event,
+    ) -> None:
+        self._config = config
+        self._engine = engine
+        self._stop = stop
+        self.backend = backend
+        self.error: BaseException | None = None
+        self.started = time.monotonic()
+        self.thread = threading.Thread(target=self._run, name="model-loader", daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            if self.backend is None:
+                self.backend = build_backend(self._config)
+            if not self._stop.is_set():
+                self._engine.start(self.backend)
+        except BaseException as exc:
+            self.error = exc
+            self._stop.set()
+
+    def close_backend(self) -> None:
+        """Free the model, unless it is still in use: a frame (or the warm-up) inside it,
+        or the loader still building or handing it over (a CPU frame can take seconds, and
+        freeing memory under a running kernel can abort the process). The process is about
+        to exit, which frees everything anyway."""
+        if self.backend is None:
+            return
+        if self.thread.is_alive() or self._engine.busy:
+            log.debug("not closing the backend: a frame is still in flight")
+            return
+        self.backend.close()
+
+
+def _model_size(model: str) -> tuple[int, int]:
+    from livediffusion_models.registry import get_model
+
+    side = get_model(model).default_size
+    return side, side
+
+
+def _announce(sink: FrameSink) -> None:
+    """Say once what to pick in the host, as the host lists it."""
+    direct = sink.listen_address
+    log.info(
+        "output ready: pick the %s in your host%s",
+        sink.shown_as,
+        f" (output listening on {direct} for direct connections)" if direct else "",
+    )
+
+
+def _starting(engine: Engine, loader: _Loader, model: str, now: float) -> str:
+    """The status line before the model is warm: what it is doing, for how long."""
+    warming = engine.warming_for
+    if warming is not None:
+        doing = f"warming up {warming:.0f} s"
+    elif engine.has_backend:
+        doing = "encoding the prompt"
+    else:
+        doing = f"loading {model} {now - loader.started:.0f} s"
+    return f"STARTING: {doing} | output: the input, marked LOADING ({engine.placeholders} sent)"
 
 
 class _EngineNotes:
@@ -122,7 +173,13 @@ class _EngineNotes:
         else:
             notes.append(f"INFERENCE STALLED {stalled:.0f} s")
             if self._stall_logged == 0.0 or stalled - self._stall_logged >= 10.0:
-                log.warning("the inference thread has been on one frame for %.0f s", stalled)
+                log.warning(
+                    "the inference thread has been on one frame for %.0f s (frames take "
+                    "%.1f s here; a stall is more than %.0f s)",
+                    stalled,
+                    engine.stats.step_p50(),
+                    engine.stall_limit(),
+                )
                 self._stall_logged = stalled
         if engine.degraded:
             notes.append("MODEL FAILING: passing the input through")
@@ -131,10 +188,19 @@ class _EngineNotes:
         return "".join(" | " + note for note in notes)
 
 
+def osc_rejected(counters: OscCounters) -> int:
+    """Messages and datagrams dropped as bad (refused by the controls, malformed, from an
+    address outside --osc-allow): the status line's and /status's count."""
+    return counters.rejected + counters.malformed + counters.refused
+
+
 def _osc_note(osc: OscServer) -> str:
     """What the status line adds about OSC: nothing while all is well."""
     counters = osc.counters
     notes = []
+    rejected = osc_rejected(counters)
+    if rejected:
+        notes.append(f"OSC rejected {rejected}")
     if counters.restarts:
         notes.append(f"OSC RESTARTED {counters.restarts}x")
     if counters.failed:
@@ -183,17 +249,25 @@ def _run(
     status_stream: TextIO,
     on_engine: Callable[[Engine], None] | None = None,
 ) -> int:
+    if config.midi_map is not None and config.midi is None:
+        log.warning(
+            "--midi-map %s does nothing without --midi PORT (`livediffusion midi --list` "
+            "shows the ports)",
+            config.midi_map,
+        )
     with ExitStack() as stack:
         stack.enter_context(_stop_on_signals(stop, running))
         # Everything that can fail on a typo (port taken, bad URI, missing transport) is
         # opened before the model, which takes seconds to load.
         controls = ControlStore(config.controls)
-        stats: list[Stats] = []  # the engine's, once it exists
+        engines: list[Engine] = []  # the engine, once it exists
+        servers: list[OscServer] = []  # the OSC server, once it listens
 
         def status() -> StatusValues:
-            if not stats:
-                return (0.0, 0.0, 0.0, 0, config.model, "starting")
-            now = stats[0].snapshot()
+            rejected = osc_rejected(servers[0].counters) if servers else 0
+            if not engines or not engines[0].warm:
+                return (0.0, 0.0, 0.0, 0, config.model, "starting", rejected)
+            now = engines[0].stats.snapshot()
             return (
                 now.input_fps,
                 now.output_fps,
@@ -201,6 +275,7 @@ def _run(
                 now.dropped,
                 config.model,
                 now.backend,
+                rejected,
             )
 
         surface = ControlSurface(
@@ -222,6 +297,7 @@ def _run(
             )
         )
         surface.attach(osc)
+        servers.append(osc)
         log.info(
             "OSC on %s:%d  (%s/prompt %s/strength ... `livediffusion osc` lists them)",
             *osc.address,
@@ -230,53 +306,57 @@ def _run(
         )
         if config.midi is not None:
             stack.enter_context(_open_midi(config, surface, controls))
-        source = stack.enter_context(open_source(config.resolved_source()))
-        sink = stack.enter_context(open_sink(config.resolved_sink()))
+        source = stack.enter_context(open_source(config.source))
+        sink = stack.enter_context(open_sink(config.sink))
         # A window (--preview, window://) is drawn by this thread while it waits below;
         # closing it sets ``stop``.
         preview = attach_preview(config.preview, source, sink, stack=stack, on_close=stop.set)
         if preview is not None:
             source, sink = preview.source, preview.sink
-        if backend is None:
-            backend = build_backend(config)
-        engines: list[Engine] = []
-        stack.callback(_close_backend, backend, engines)
         options = EngineOptions(
             output_size=config.output_size,
             on_source_loss=_source_loss(config.on_source_loss),
             skip_similar=config.skip_similar,
+            placeholder_size=config.size or _model_size(config.model),
         )
-        engine = Engine(
-            source=source,
-            sink=sink,
-            backend=backend,
-            controls=controls,
-            options=options,
-            stop=stop,
-        )
+        engine = Engine(source=source, sink=sink, controls=controls, options=options, stop=stop)
+        loader = _Loader(config, backend, engine, stop)
+        stack.callback(loader.close_backend)
         stack.callback(engine.stop)
         engines.append(engine)
-        stats.append(engine.stats)
         if on_engine is not None:
             on_engine(engine)
-        engine.start()
+        # The output exists from now on, before the model: hosts can find it and pick it.
+        engine.open()
+        loader.start()
         running.set()
-        log.info("running: %s -> %s", source.uri, sink.uri)
-        line = _StatusLine(status_stream)
+        log.info(
+            "running: %s -> %s; the output shows the input marked LOADING until the model is ready",
+            source.uri,
+            sink.uri,
+        )
+        line = StatusLine(status_stream)
+        stack.callback(line.finish)
         notes = _EngineNotes()
-        deadline = None if config.duration is None else time.monotonic() + config.duration
+        deadline = None  # --duration counts from the first processed frames
         announced = False
         next_line = next_reply = time.monotonic()
-        while not stop.is_set() and engine.running:
+        while not stop.is_set() and loader.error is None:
             now = time.monotonic()
+            if deadline is None and config.duration is not None and engine.warm:
+                deadline = now + config.duration
             if now >= next_reply:
                 surface.send_status()  # --osc-reply: once a second, whatever the line does
                 next_reply = now + 1.0
             if now >= next_line:
-                if not announced and sink.listen_address:
-                    log.info("output listening on %s", sink.listen_address)
+                if not announced and sink.shown_as:
+                    _announce(sink)
                     announced = True
-                text = format_status(engine.stats.snapshot()) + notes(engine) + _osc_note(osc)
+                if engine.warm:
+                    text = format_status(engine.stats.snapshot())
+                else:
+                    text = _starting(engine, loader, config.model, now)
+                text += notes(engine) + _osc_note(osc)
                 line.show(text)
                 if preview is not None:
                     preview.window.set_status(text)
@@ -286,5 +366,10 @@ def _run(
             _pump_until(stop, max(0.0, min(next_line, next_reply) - time.monotonic()))
         line.finish()
         engine.stop()
+        if loader.error is not None:
+            raise loader.error  # the CLI says it in one line: missing weights, no CUDA ...
+        if not engine.warm:
+            log.info("stopped during start-up")
+            return 1 if engine.errors else 0
         log.info("%s", format_summary(engine.stats.summary()))
         return 1 if engine.errors else 0

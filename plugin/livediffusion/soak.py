@@ -201,6 +201,9 @@ class SoakReport:
     fallback_out: int | None = None
     """Frames the server re-sent while its source was away (the last picture, so receivers
     keep one); received frames include these."""
+    placeholder_out: int | None = None
+    """Frames the server published before the model was ready (the input marked LOADING);
+    received frames include these too."""
     frames_received: int = 0
     """Frames the receiver got back over NDI."""
     dropped: int | None = None
@@ -279,7 +282,8 @@ def format_report(report: SoakReport) -> str:
         f"  run        {r.seconds:.1f} s, {r.model} tiny weights at {r.size}x{r.size}, "
         f"pattern at {r.source_fps:g} fps, restarts {restarts}",
         f"  frames     sent {r.frames_sent}, in {_count(r.frames_in)}, through the model "
-        f"{r.frames_processed}, out {_count(r.frames_out)} (+{_count(r.fallback_out)} fallback), "
+        f"{r.frames_processed}, out {_count(r.frames_out)} (+{_count(r.fallback_out)} fallback, "
+        f"+{_count(r.placeholder_out)} loading), "
         f"received {r.frames_received}; dropped {_count(r.dropped)}",
         f"  rate       {r.output_fps:.1f} fps received (server {_num(r.server_output_fps)} fps); "
         f"latency p50 {_num(r.latency_p50_ms, ' ms')}, p99 {_num(r.latency_p99_ms, ' ms')}",
@@ -990,6 +994,9 @@ class _Soak:
         with contextlib.suppress(Exception):
             fallback = getattr(engine.stats, "fallback", None)
             r.fallback_out = None if fallback is None else int(fallback)
+        with contextlib.suppress(Exception):
+            placeholders = getattr(engine, "placeholders", None)
+            r.placeholder_out = None if placeholders is None else int(placeholders)
         if summary is None:
             return
         with contextlib.suppress(Exception):

@@ -28,8 +28,10 @@ __all__ = ["ControlSurface", "Replier", "StatusValues"]
 
 log = logging.getLogger(__name__)
 
-StatusValues = tuple[float, float, float, int, str, str]
-"""What ``/status`` answers: input FPS, output FPS, latency p50 ms, dropped, model, backend."""
+StatusValues = tuple[float, float, float, int, str, str, int]
+"""What ``/status`` answers: input FPS, output FPS, latency p50 ms, dropped, model, backend,
+OSC messages rejected. New fields only ever go at the end, so a reader of the first six
+keeps working."""
 
 _INT32_MAX = 2**31 - 1
 
@@ -116,7 +118,7 @@ class ControlSurface:
     # -- out ------------------------------------------------------------------------------
 
     def status_values(self) -> StatusValues:
-        in_fps, out_fps, latency, dropped, model, backend = self._status()
+        in_fps, out_fps, latency, dropped, model, backend, rejected = self._status()
         return (
             round(in_fps, 2),
             round(out_fps, 2),
@@ -124,6 +126,7 @@ class ControlSurface:
             min(dropped, _INT32_MAX),
             model,
             backend,
+            min(rejected, _INT32_MAX),
         )
 
     def send_status(self) -> None:

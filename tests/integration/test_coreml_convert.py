@@ -287,8 +287,8 @@ def test_the_exported_program_equals_the_eager_modules(variant: Variant, statefu
 @pytest.mark.slow
 @pytest.mark.timeout(1800)
 def test_the_real_sdxs_architecture_converts(tmp_path: Path) -> None:
-    """The full-size SDXS-512 UNet + TAESD with random weights: about 6 minutes and 4.7 GB
-    here (2 cores), so it runs in CI; deselect it with ``-m "not slow"``."""
+    """The full-size SDXS-512 UNet + TAESD with random weights: about a minute (54 s) and
+    4.7 GB here (2 cores), so it runs in CI; deselect it with ``-m "not slow"``."""
     from livediffusion_models.registry import get_model
     from livediffusion_models.weights import load_model
 

@@ -120,6 +120,84 @@ def test_the_watchdog_notices_a_stalled_frame(
     backend.sleep = 0.0
 
 
+def test_slow_frames_on_a_slow_machine_are_not_stalls_but_a_hang_is(
+    make_tiny_backend: Callable[..., Any],
+) -> None:
+    """At 512 on a CPU every 7 s frame was reported as `INFERENCE STALLED` (a fixed 5 s
+    limit before the first frame was measured). Here every frame takes 0.6 s, 3x the floor:
+    none is a stall, first frame included; a frame that hangs still is."""
+    memory.reset()
+    backend = Faulty(make_tiny_backend())
+    backend.sleep = 0.6
+    engine = Engine(
+        source=open_source("memory://cam"),
+        sink=open_sink("memory://out"),
+        backend=backend,
+        controls=ControlStore(_STILL),
+        options=EngineOptions(stall_after=0.2, stall_factor=4.0),
+    )
+    try:
+        engine.start()
+        picture = _picture(5)
+        out = memory.channel("out")
+        seen: list[float] = []
+        deadline = time.monotonic() + 4.0
+        while time.monotonic() < deadline or out.published_count < 4:
+            assert time.monotonic() < deadline + 20, "no output"
+            memory.channel("cam").push(picture)
+            stalled = engine.stalled_for()
+            if stalled is not None:
+                seen.append(stalled)
+            time.sleep(0.05)
+        assert seen == [], f"slow frames called stalls: {seen}"
+        assert 2.0 <= engine.stall_limit() <= 3.5  # 4x a 0.6 s frame (plus the model's own)
+        backend.sleep = 6.0  # a hang
+        memory.channel("cam").push(picture)
+        began = time.monotonic()
+        while engine.stalled_for() is None:
+            assert time.monotonic() - began < 5.0, "the hang went unnoticed"
+            time.sleep(0.05)
+    finally:
+        engine.stop()
+        engine.source.close()
+        engine.sink.close()
+        memory.reset()
+
+
+def test_a_long_warm_up_is_not_a_stall(make_tiny_backend: Callable[..., Any]) -> None:
+    """The status line runs during the warm-up now (placeholders go out meanwhile): a
+    warm-up longer than the floor, here 2 x 0.6 s against 0.2 s, says "warming up"."""
+    import threading
+
+    memory.reset()
+    backend = Faulty(make_tiny_backend())
+    backend.sleep = 0.6
+    engine = Engine(
+        source=open_source("memory://cam"),
+        sink=open_sink("memory://out"),
+        controls=ControlStore(_STILL),
+        options=EngineOptions(stall_after=0.2, stall_factor=4.0),
+    )
+    starter = threading.Thread(target=engine.start, args=(backend,), daemon=True)
+    try:
+        engine.open()
+        starter.start()
+        warming, stalled = [], []
+        while not engine.warm:
+            assert starter.is_alive() or engine.warm, "start() ended without warming up"
+            warming.append(engine.warming_for)
+            stalled.append(engine.stalled_for())
+            time.sleep(0.05)
+        assert max(w for w in warming if w is not None) > 0.8
+        assert stalled == [None] * len(stalled)
+    finally:
+        starter.join(10)
+        engine.stop()
+        engine.source.close()
+        engine.sink.close()
+        memory.reset()
+
+
 def test_a_nan_frame_is_refused_and_the_state_cleared(
     make_tiny_backend: Callable[..., Any],
 ) -> None:

@@ -26,7 +26,7 @@ from loopback import free_udp_port
 pytestmark = pytest.mark.integration
 
 
-_STATUS = (12.5, 11.0, 40.25, 3, "sdxs-512-0.9", "torch cpu float32")
+_STATUS = (12.5, 11.0, 40.25, 3, "sdxs-512-0.9", "torch cpu float32", 2)
 
 
 @pytest.fixture
@@ -187,7 +187,7 @@ def test_status_and_ping_answer_the_sender(
     with _bound() as asker:
         asker.sendto(_message("/status", 1), server.address)
         address, params, tags = _reply(asker)
-        assert (address, tags) == ("/status", "fffiss")
+        assert (address, tags) == ("/status", "fffissi")
         assert params == pytest.approx(list(_STATUS))
         asker.sendto(OscMessageBuilder("/ping").build().dgram, server.address)
         assert _reply(asker)[:2] == ("/pong", [])
@@ -415,8 +415,9 @@ def test_python_osc_logging_goes_through_the_rate_limit() -> None:
     received = server.counters.received
     assert received > 1000  # the kernel may drop some of a burst; the rest were read
     assert server.counters.malformed == received
-    assert 0 < len(records) <= 2 * (10 + received // 100)
-    assert sum("python-osc" in r.getMessage() for r in records) <= 10 + 500 // 100
+    # at most 5 lines and one summary per kind in 10 s, however many there were
+    assert 0 < len(records) <= 2 * (5 + 1)
+    assert sum("python-osc" in r.getMessage() for r in records) <= 5 + 1
 
 
 def test_replies_to_nobody_do_not_disturb_receiving() -> None:
@@ -428,3 +429,118 @@ def test_replies_to_nobody_do_not_disturb_receiving() -> None:
         SimpleUDPClient(*server.address).send_message("/blend", 0.5)
         _wait_for(lambda: store.snapshot().blend == 0.5)
         assert server.counters.malformed == 0
+
+
+class _Collect(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
+@pytest.fixture
+def osc_warnings() -> Iterator[list[str]]:
+    handler = _Collect()
+    osc_log = logging.getLogger("livediffusion_bridge.osc")
+    osc_log.addHandler(handler)
+    try:
+        yield handler.lines
+    finally:
+        osc_log.removeHandler(handler)
+
+
+def test_drops_are_logged_by_time_not_by_count(osc_warnings: list[str]) -> None:
+    """After 10 rejected messages only every 100th was logged for the rest of the run:
+    /seed 7.5, /preset/save -1 and a long /prompt sent seconds later vanished without a word."""
+    from livediffusion_bridge.osc import LogLimiter
+
+    store = ControlStore()
+    surface = ControlSurface(
+        store, presets=PresetFile(Path("/nonexistent")), status=lambda: _STATUS
+    )
+    limiter = LogLimiter(lines=3, interval=0.5)
+    with OscServer(surface.handle_osc, port=0, rate=1e6, log_limiter=limiter) as server:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        for _ in range(200):
+            sock.sendto(_message("/strength", 7.5), server.address)
+        _wait_for(lambda: server.counters.rejected == 200)
+        rejected_lines = [line for line in osc_warnings if "OSC /strength dropped" in line]
+        assert len(rejected_lines) == 3
+        _wait_for(lambda: any("197 more rejected messages not logged" in x for x in osc_warnings))
+        for message in (
+            _message("/seed", 7.5),
+            _message("/preset/save", -1),
+            _message("/prompt", "long prompt " * 210),
+        ):
+            time.sleep(0.3)  # seconds apart, as a performer would send them
+            sock.sendto(message, server.address)
+        _wait_for(lambda: server.counters.rejected == 203)
+    said = "\n".join(osc_warnings)
+    assert "OSC /seed dropped: /seed takes a whole number, got 7.5" in said
+    assert "OSC /preset/save dropped: /preset/save must be between 0 and 999, got -1" in said
+    assert "OSC /prompt dropped: /prompt is 2520 characters, at most 2000" in said
+
+
+def test_a_flood_writes_a_few_lines_not_hundreds(osc_warnings: list[str]) -> None:
+    """118,000 datagrams in 3 s wrote 727 warning lines; with the real limits (5 lines per
+    kind per 10 s and a summary) a flood of every kind of junk writes a handful."""
+    with OscServer(lambda message: None, port=0, rate=3000) as server:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        junk = _junk()
+        started = time.monotonic()
+        while time.monotonic() - started < 2.0:
+            for datagram in junk:
+                sock.sendto(datagram, server.address)
+        _wait_until_quiet(server)
+        counters = server.counters
+    assert counters.flooded > 1000 and counters.malformed > 100, counters
+    kinds = 3  # malformed, flooded, rejected (the handler accepts everything here: none)
+    assert len(osc_warnings) <= kinds * (5 + 1) + 1, osc_warnings  # +1: a python-osc line
+    assert any("more datagrams over the rate limit not logged" in line for line in osc_warnings)
+
+
+def test_the_rejected_count_is_on_the_status_line_and_in_status(
+    make_tiny_backend: Callable[..., Any],
+) -> None:
+    import io
+    import threading
+
+    from livediffusion.config import ServeConfig
+    from livediffusion.server import run_server
+
+    memory.reset()
+    port = free_udp_port()
+    config = ServeConfig(
+        source="test://pattern?size=64x64&fps=20",
+        sink="memory://rejected-status",
+        osc_port=port,
+        status_interval=0.2,
+    )
+    stop = threading.Event()
+    stream = io.StringIO()
+    codes: list[int] = []
+    thread = threading.Thread(
+        target=lambda: codes.append(
+            run_server(config, backend=make_tiny_backend(), stop=stop, status_stream=stream)
+        ),
+        daemon=True,
+    )
+    thread.start()
+    try:
+        memory.channel("rejected-status").wait_published(1, timeout=60)
+        _wait_for(lambda: "| torch-cpu float32" in stream.getvalue(), timeout=60)  # warm
+        with _bound() as asker:
+            for message in (_message("/seed", 7.5), _message("/nope", 1), b"junk"):
+                asker.sendto(message, ("127.0.0.1", port))
+            _wait_for(lambda: "OSC rejected 3" in stream.getvalue(), timeout=10)
+            asker.sendto(OscMessageBuilder("/status").build().dgram, ("127.0.0.1", port))
+            address, params, tags = _reply(asker)
+    finally:
+        stop.set()
+        thread.join(10)
+        memory.reset()
+    assert codes == [0]
+    assert (address, tags) == ("/status", "fffissi")
+    assert params[4:] == ["sdxs-512-0.9", "torch-cpu float32", 3]

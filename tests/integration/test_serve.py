@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import logging
 import os
 import re
 import threading
@@ -178,7 +179,8 @@ def test_cli_serves_over_ndi_and_stops_on_sigterm(tiny_folder: Path) -> None:
         with open_source(f"ndi://{listening.group(1)}") as receiver:
             frames = _receive(receiver, 3)
         assert all(f.shape == (96, 128, 4) for f in frames)
-        assert any(re.search(r"in +[\d.]+ fps \| out +[\d.]+ fps \| latency", x) for x in lines)
+        status = child.wait_for(r"in +[\d.]+ fps \| out +[\d.]+ fps \| latency", 90)
+        assert status, child.tail(30)  # the model's frames, after the placeholders
         code, elapsed = child.stop()
     finally:
         child.kill()
@@ -202,3 +204,96 @@ def test_sigterm_while_the_model_loads_stops_at_once() -> None:
     assert elapsed < 2.0, child.tail()
     assert code == 0, child.tail()
     assert any("stopped during start-up" in x for x in lines)
+
+
+@pytest.mark.usefixtures("foreign")
+def test_the_output_is_there_before_the_model_and_its_name_is_logged(
+    make_tiny_backend: Callable[..., Any],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """`./run serve` opened its NDI source only after the first processed frame (47-72 s on a
+    CPU): a host's source list stayed empty meanwhile, and the log never said the name to
+    pick. Here the model load is held back on purpose: the source is found by name over NDI
+    and delivers the input, marked LOADING, before the model exists; the log names it."""
+    import io
+
+    import livediffusion.server as server_module
+    from livediffusion_bridge import memory
+
+    release = threading.Event()
+    loading = threading.Event()
+
+    def slow_build(config: ServeConfig) -> Any:
+        loading.set()
+        assert release.wait(120), "the test never let the model load"
+        return make_tiny_backend()
+
+    monkeypatch.setattr(server_module, "build_backend", slow_build)
+    memory.reset()
+    tag = _tag()
+    picture = np.empty((96, 128, 4), dtype=np.uint8)  # smooth: NDI's coding keeps it close
+    picture[..., 0] = np.linspace(80, 220, 96, dtype=np.uint8)[:, None]
+    picture[..., 1] = np.linspace(90, 200, 128, dtype=np.uint8)[None, :]
+    picture[..., 2] = 150
+    picture[..., 3] = 255
+    config = ServeConfig(
+        source="memory://early-in",
+        sink=f"ndi://ld-early-{tag}",
+        osc_port=free_udp_port(),
+        status_interval=0.2,
+    )
+    stop = threading.Event()
+    stream = io.StringIO()
+    codes: list[int] = []
+    serving = threading.Thread(
+        target=lambda: codes.append(run_server(config, stop=stop, status_stream=stream)),
+        daemon=True,
+    )
+
+    def feed() -> None:
+        while not stop.is_set():
+            memory.channel("early-in").push(picture)
+            time.sleep(1 / 30)
+
+    feeder = threading.Thread(target=feed, daemon=True)
+    caplog.set_level(logging.INFO, logger="livediffusion")
+    try:
+        serving.start()
+        feeder.start()
+        assert loading.wait(30)
+        with open_source(f"ndi://ld-early-{tag}") as receiver:  # by name: NDI discovery
+            early = _receive(receiver, 3)
+            name = receiver.connected_to
+            assert not release.is_set() and "STARTING: loading" in stream.getvalue()
+            assert name is not None and name.endswith(f"(ld-early-{tag})")
+            deadline = time.monotonic() + 5  # said at the next status tick
+            while not (announced := [r.getMessage() for r in caplog.records if "ready:" in r.msg]):
+                assert time.monotonic() < deadline, "the name was never logged"
+                time.sleep(0.05)
+            assert len(announced) == 1
+            assert re.fullmatch(
+                rf"output ready: pick the NDI source {re.escape(repr(name))} in your host "
+                r"\(output listening on 127\.0\.0\.1:\d+ for direct connections\)",
+                announced[0],
+            ), announced
+            frame = early[-1]
+            assert frame.shape == picture.shape
+            assert _distance(frame[:48], picture[:48]) < 12  # passed through (NDI is lossy)
+            corner = frame[-11:, :45, :3]  # the LOADING box (11x45 here): dark, light letters
+            assert (corner < 70).mean() > 0.5 and (corner > 170).mean() > 0.1
+            assert (picture[-11:, :45, :3] < 70).mean() == 0  # the input has no such corner
+
+            release.set()  # now the model loads, warms up and takes over
+            deadline = time.monotonic() + 90
+            while "| torch-cpu float32" not in stream.getvalue():
+                assert time.monotonic() < deadline, stream.getvalue()[-2000:]
+                time.sleep(0.2)
+            processed = _receive(receiver, 5)[-1]
+            assert _distance(processed, picture) > 30  # the model's picture, not the input
+    finally:
+        stop.set()
+        release.set()
+        serving.join(15)
+        memory.reset()
+    assert codes == [0]

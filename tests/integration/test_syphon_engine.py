@@ -127,6 +127,8 @@ def test_frames_flow_through_the_engine_threads(world: World, start: Callable[..
     ours = output.state
     assert client.created_on == "capture" and client.used_on == {"capture"}
     assert ours.created_on == "publish" and ours.app == world.app_name
+    # what the server logs for the host to pick: as other apps' directories list it
+    assert engine.sink.shown_as == f"Syphon server '{ours.app} - {ours.name}'"
     assert world.leaks_on("capture", "publish") == {}  # every pool drained, on frame threads
     assert world.pools["capture"] > 0 and world.pools["publish"] > 0
     textures = ours.published

@@ -71,3 +71,57 @@ def test_the_stage_table_says_when_only_its_frame_row_is_the_compiled_path() -> 
     eager = BenchResult("torch-cuda float16", "m", "w", (512, 512), 5, "x", "d", stages)
     assert "only the frame row is the compiled path" in format_table(graph)
     assert "compiled path" not in format_table(eager)
+
+
+def test_bench_e2e_refuses_a_size_too_small_in_one_line_before_loading(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`bench --size 64 --e2e` loaded the weights, started NDI, failed in the feeder thread
+    with a traceback and waited 90 s before exit 2."""
+    import time
+
+    from livediffusion.cli import main
+    from livediffusion_models import weights
+
+    def no_loading(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the weights were loaded before the size was checked")
+
+    monkeypatch.setattr(weights, "load_model", no_loading)
+    started = time.monotonic()
+    flags = [
+        "--device",
+        "cpu",
+        "--size",
+        "64",
+        "--weights",
+        "tiny",
+        "--frames",
+        "5",
+        "--warmup",
+        "1",
+        "--e2e",
+    ]
+    code = main(["bench", *flags])
+    elapsed = time.monotonic() - started
+    captured = capsys.readouterr()
+    assert code == 2
+    assert captured.err.count("\n") == 1 and "Traceback" not in captured.err
+    assert "--e2e needs a model size of at least 80 pixels" in captured.err
+    assert "got 64x64: use --size 128" in captured.err
+    assert captured.out == ""
+    assert elapsed < 5.0
+
+
+def test_every_size_bench_e2e_accepts_carries_readable_numbers() -> None:
+    from livediffusion.bench_e2e import MIN_SIDE, check_size
+
+    with pytest.raises(ValueError, match="square"):
+        check_size((128, 256))
+    for side in (MIN_SIDE - 1, 64):
+        with pytest.raises(ValueError, match="at least"):
+            check_size((side, side))
+    for side in (MIN_SIDE, 128):
+        check_size((side, side))
+        picture = np.full((side, side, 4), 90, dtype=np.uint8)
+        encode_number(picture, 654_321)
+        assert decode_number(picture) == 654_321

@@ -108,6 +108,14 @@ def test_missing_file(tmp_path: Path) -> None:
     assert str(missing) in str(caught.value)
 
 
+def test_a_directory_is_called_a_directory(tmp_path: Path) -> None:
+    """It said "video file not found" for a folder that exists."""
+    with pytest.raises(SourceNotFoundError) as caught:
+        open_source(f"file://{tmp_path}")
+    message = str(caught.value)
+    assert f"{tmp_path} is a directory" in message and "not found" not in message
+
+
 def test_not_a_video(tmp_path: Path) -> None:
     junk = tmp_path / "notes.mp4"
     junk.write_text("this is not a video\n" * 20)

@@ -42,7 +42,7 @@ from livediffusion.surface import ControlSurface, StatusValues
 from livediffusion_bridge.osc import OscServer
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
-STATUS: StatusValues = (29.97, 29.5, 41.234, 3, "sdxs-512-0.9", "torch-cuda float16")
+STATUS: StatusValues = (29.97, 29.5, 41.234, 3, "sdxs-512-0.9", "torch-cuda float16", 0)
 # What STATUS looks like after the server's rounding and float32 on the wire, as printed.
 STATUS_SHOWN = {
     "in_fps": "29.97",
@@ -51,6 +51,7 @@ STATUS_SHOWN = {
     "dropped": "3",
     "model": "sdxs-512-0.9",
     "backend": "torch-cuda float16",
+    "osc_rejected": "0",
 }
 
 PANEL_LINE = (  # status_panel.py's line for STATUS
@@ -183,6 +184,39 @@ def test_known_addresses_match_the_server(osc_cli: ModuleType) -> None:
     assert len(osc_cli.KNOWN_ADDRESSES) == len(CONTROLS)  # no duplicates either
 
 
+def _spellings(address: str) -> list[str]:
+    """How hosts send a table address: as is, without the slash, as a CHOP channel name."""
+    bare = address[1:]
+    return [address, bare, bare.replace("/", "_"), "/" + bare.replace("/", "_")]
+
+
+def test_the_client_reads_an_address_as_the_server_does(osc_cli: ModuleType) -> None:
+    """`set strength 0.66` was refused ("OSC addresses start with '/'") although the server
+    takes `strength`, as TouchDesigner's CHOP channels send it."""
+    spellings = [text for address in CONTROLS for text in _spellings(address)]
+    junk = ["/nope", "strengthx", "/strength/", "prompt__mix", "/stage1/strength", "x"]
+    for text in spellings + junk:
+        assert osc_cli.canonical(text) == canonical_address(text), text
+    assert all(osc_cli.canonical(text) is not None for text in spellings)
+
+
+@pytest.mark.parametrize("spelling", ["strength", "/strength", "prompt_mix", "seed"])
+def test_set_takes_every_spelling_the_server_accepts(
+    osc_cli: ModuleType, tmp_path: Path, spelling: str
+) -> None:
+    value = "7" if spelling == "seed" else "0.66"
+    with _serving(tmp_path) as served:
+        assert osc_cli.main(["--port", served.port, "set", spelling, value]) == 0
+        served.wait_accepted(1)
+    field = {"strength": "strength", "/strength": "strength", "prompt_mix": "prompt_mix"}
+    snapshot = served.store.snapshot()
+    if spelling == "seed":
+        assert snapshot.seed == 7
+    else:
+        assert getattr(snapshot, field[spelling]) == pytest.approx(0.66)
+    assert served.server.counters.rejected == 0
+
+
 @pytest.mark.parametrize(
     ("text", "expected"),
     [("7", 7), ("-3", -3), ("0.5", 0.5), ("1e-2", 0.01), ("neon", "neon"), ("", "")],
@@ -300,7 +334,8 @@ def test_cycle_prompts_loops_and_stops_at_count(
 
 def test_bad_arguments_exit_with_usage(osc_cli: ModuleType) -> None:
     for argv in (
-        ["set", "strength", "0.5"],  # no leading slash
+        ["set", "", "0.5"],  # no address at all
+        ["set", "/", "0.5"],
         ["sweep", "/strength", "0", "1", "--rate", "0"],
         ["sweep", "/strength", "0", "1", "--seconds", "-1"],
         ["--prefix", "stage1", "reset"],  # a prefix starts with a slash ...
@@ -598,8 +633,34 @@ def test_status_panel_decodes_what_python_osc_builds(panel: ModuleType) -> None:
         3,
         "sdxs-512-0.9",
         "torch-cuda float16",
+        0,
     ]
     assert panel.decode(_datagram("/prompt", "café ☕")) == ("/prompt", ["café ☕"])
+
+
+def test_every_status_reader_takes_six_fields_and_any_added_after_them(
+    osc_cli: ModuleType, panel: ModuleType
+) -> None:
+    """/status gained osc_rejected at the end: readers of the first six keep working, with a
+    server older (6 fields) or newer (8) than themselves."""
+    six, seven = STATUS[:6], (*STATUS[:6], 12)
+    eight = (*seven, "a field from the future")
+    assert panel.status_line(six) == PANEL_LINE
+    assert panel.status_line(seven) == PANEL_LINE + "  OSC rejected 12"
+    assert panel.status_line(eight) == PANEL_LINE + "  OSC rejected 12"
+    with pytest.raises(ValueError):
+        panel.status_line(STATUS[:5])
+    for args in (six, seven, eight):
+        line = osc_cli.watch_line(OscMessage(_datagram("/status", *args)))
+        assert "latency_p50_ms=41.23" in line and "backend=torch-cuda float16" in line
+    assert "osc_rejected=12" in osc_cli.watch_line(OscMessage(_datagram("/status", *seven)))
+    tables = {"ld_status": FakeTableDAT(), "ld_values": FakeTableDAT()}
+    callback = _readme_callback(tables)
+    for args in (eight, six):
+        callback(None, 0, None, b"", 0.0, "/status", list(args), None)
+    rows = tables["ld_status"].rows
+    assert rows[:6] == [[k, v] for k, v in list(STATUS_SHOWN.items())[:6]]
+    assert rows[6] == ["osc_rejected", "12"]  # a 6-field server leaves the 7th as it was
 
 
 @pytest.mark.parametrize("junk", JUNK)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 import subprocess
 import sys
 import textwrap
@@ -725,3 +726,66 @@ def test_the_example_map_loads_and_drives_the_controls() -> None:
     assert (held, released) == ([("/bypass", (1,))], [("/bypass", (0,))])
     for address, args in held + released + sent:
         parse_message(address, args)  # the same validation as OSC accepts them
+
+
+# --- without a sequencer (this machine has no /dev/snd/seq) ---------------------------------------
+
+
+def _rtmidi_without_a_sequencer() -> None:
+    pytest.importorskip("rtmidi")
+    if not sys.platform.startswith("linux"):
+        pytest.skip("ALSA is Linux's")
+    if Path("/dev/snd/seq").exists():
+        pytest.skip("this machine has an ALSA sequencer")
+
+
+def test_midi_list_without_alsa_is_one_line_and_no_raw_alsa_text() -> None:
+    """The real rtmidi and ALSA: ALSA printed `ALSA lib seq_hw.c:466:(snd_seq_hw_open) ...`
+    to file descriptor 2 itself, above our error."""
+    _rtmidi_without_a_sequencer()
+    done = subprocess.run(
+        [sys.executable, "-m", "livediffusion", "midi", "--list"],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert "ALSA lib" not in done.stderr and done.stdout == ""
+    (line,) = done.stderr.splitlines()
+    assert line.startswith("livediffusion: error: cannot list MIDI ports:")
+    assert "/dev/snd/seq is missing" in line
+
+
+def test_native_stderr_is_caught_and_the_rest_passed_on(capfd: pytest.CaptureFixture[str]) -> None:
+    from livediffusion.midi import _native_stderr_caught
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("caught on Linux only, where ALSA prints")
+    with _native_stderr_caught() as lines:
+        os.write(2, b"ALSA lib seq_hw.c:466:(snd_seq_hw_open) open /dev/snd/seq failed\n")
+        os.write(2, b"another thread's log line\n")
+    assert lines == ["ALSA lib seq_hw.c:466:(snd_seq_hw_open) open /dev/snd/seq failed"]
+    err = capfd.readouterr().err
+    assert "ALSA lib" not in err and "another thread's log line" in err
+    os.write(2, b"after\n")  # descriptor 2 is back where it was
+    assert capfd.readouterr().err == "after\n"
+
+
+def test_doctor_midi_row_checks_that_ports_can_be_listed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """doctor said PASS midi because mido and rtmidi import, where no port can be listed."""
+    from livediffusion import doctor, midi
+    from livediffusion.config import ServeConfig
+
+    _rtmidi_without_a_sequencer()
+    context = doctor.Context(ServeConfig(), quick=True)
+    status, detail = doctor._check_midi(context)  # the real rtmidi, no sequencer device here
+    assert status == "SKIP" and "cannot list MIDI ports" in detail, detail
+    assert "/dev/snd/seq is missing" in detail
+    # a sequencer that is there but cannot be listed is a fault
+    monkeypatch.setattr(midi, "ALSA_SEQUENCER", Path(__file__))
+    status, detail = doctor._check_midi(context)
+    assert status == "FAIL" and "cannot list MIDI ports" in detail, detail
+    monkeypatch.setattr(midi, "_mido", lambda: FakeBackend(PORTS))
+    status, detail = doctor._check_midi(context)
+    assert status == "PASS" and "2 input ports" in detail and "nanoKONTROL2" in detail

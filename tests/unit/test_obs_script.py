@@ -271,15 +271,18 @@ def test_an_unchanged_value_sends_nothing(host: Host, listener: socket.socket) -
     assert _messages(listener) == []
 
 
-def test_the_servers_status_shows_in_the_properties(host: Host, listener: socket.socket) -> None:
+@pytest.mark.parametrize("later", [(), (4,)], ids=["six fields", "osc_rejected after"])
+def test_the_servers_status_shows_in_the_properties(
+    host: Host, listener: socket.socket, later: tuple[int, ...]
+) -> None:
     """A server (here a socket) answers /status; the script shows it and, meeting the server,
-    gives it every current value."""
+    gives it every current value. Fields after the first six (osc_rejected) are ignored."""
     _load(host, osc_port=_port(listener), bypass=True, seed=9)
     host.tick()
     data, sender = listener.recvfrom(65535)
     assert OscMessage(data).address == "/status"
     builder = OscMessageBuilder("/status")
-    for value in (29.5, 20.0, 63.2, 12, "sdxs-512-0.9", "torch-cpu float32"):
+    for value in (29.5, 20.0, 63.2, 12, "sdxs-512-0.9", "torch-cpu float32", *later):
         builder.add_arg(value)
     listener.sendto(builder.build().dgram, sender)
     assert host.tick_until(lambda: "29.5" in host.text("status"), 2.0), host.text("status")

@@ -237,7 +237,7 @@ def test_defaults_live_in_the_dataclasses() -> None:
     from livediffusion.config import ServeConfig
 
     config = config_from_values({})
-    assert dataclasses.replace(config, controls=Controls(), source="") == ServeConfig()
+    assert dataclasses.replace(config, controls=Controls()) == ServeConfig()
     assert BY_KEY["osc_port"].default == ServeConfig().osc_port
     assert BY_KEY["smoothing"].default == Controls().smoothing
 
@@ -249,3 +249,101 @@ def test_a_bad_flag_is_one_sentence(capsys: pytest.CaptureFixture[str]) -> None:
     error = capsys.readouterr().err.strip()
     assert error.count("\n") == 0
     assert "--osc-port: must be a whole number 1..65535, got '70000'" in error
+
+
+def test_config_print_writes_the_real_source_and_sink_and_reads_them_back(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """It wrote source = "" and sink = "" (an empty value silently meant the default)."""
+    from livediffusion.cli import main
+    from livediffusion.config import default_sink, default_source
+
+    assert main(["config", "--print"]) == 0
+    printed = capsys.readouterr().out
+    assert f'source = "{default_source()}"' in printed
+    assert f'sink = "{default_sink()}"' in printed
+    assert 'source = ""' not in printed and 'sink = ""' not in printed
+    path = tmp_path / "printed.toml"
+    path.write_text(printed, encoding="utf-8")
+    values = read_config_file(path)
+    assert values["source"] == default_source() and values["sink"] == default_sink()
+    assert config_from_values(values) == config_from_values({})
+
+
+@pytest.mark.parametrize("key", ["source", "sink"])
+def test_an_empty_uri_is_refused_in_one_line(
+    key: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as caught:
+        build_parser().parse_args(["serve", f"--{key}", ""])
+    assert caught.value.code == 2
+    error = capsys.readouterr().err.strip()
+    assert error.count("\n") == 0
+    assert f"--{key}: must be a {key} URI" in error and "leave it out for the default" in error
+    path = tmp_path / "empty.toml"
+    path.write_text(f'[frames]\n{key} = ""\n', encoding="utf-8")
+    with pytest.raises(ConfigFileError, match=f'{key} = "": must be a {key} URI'):
+        read_config_file(path)
+
+
+@pytest.mark.parametrize(
+    ("flags", "says"),
+    [
+        (["--sink", "test://pattern"], "test:// can only be a source"),
+        (["--source", "window://"], "window:// can only be a sink"),
+        (["--source", "ndi"], "not a source/sink URI"),
+        (["--sink", "rtmp://x"], "unknown scheme"),
+        (["--midi-map", "nosuchmap"], "no MIDI map 'nosuchmap'"),
+        (["--midi", "nano", "--midi-map", "nosuchmap"], "no MIDI map 'nosuchmap'"),
+    ],
+)
+def test_uris_and_midi_maps_are_checked_before_anything_opens(
+    flags: list[str], says: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--midi-map nosuchmap` ran and exited 0; with --midi it was refused after OSC had
+    started. Now every such value is refused while the flags are read."""
+    import livediffusion.server
+    from livediffusion.cli import main
+
+    def no_server(*args: object, **kwargs: object) -> int:
+        raise AssertionError("the server started")
+
+    monkeypatch.setattr(livediffusion.server, "run_server", no_server)
+    with pytest.raises(SystemExit) as caught:
+        main(["serve", *flags])
+    assert caught.value.code == 2
+    error = capsys.readouterr().err.strip()
+    assert error.count("\n") == 0 and says in error
+
+
+def test_a_midi_map_without_midi_says_it_does_nothing(caplog: pytest.LogCaptureFixture) -> None:
+    import socket
+
+    from livediffusion.server import run_server
+    from livediffusion_bridge import TransportError
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        config = config_from_values(
+            {"midi_map": "nanokontrol2", "osc_port": taken.getsockname()[1]}
+        )
+        with pytest.raises(TransportError, match="in use"):  # stops it before anything slow
+            run_server(config)
+    (warning,) = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert "--midi-map nanokontrol2 does nothing without --midi PORT" in warning.getMessage()
+
+
+def test_long_values_are_cut_in_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A config prompt over 2000 characters came back whole in the error: a 3 KB line."""
+    path = tmp_path / "long.toml"
+    path.write_text(f'[look]\nprompt = "{"very long prompt " * 200}"\n', encoding="utf-8")
+    with pytest.raises(ConfigFileError) as caught:
+        read_config_file(path)
+    message = str(caught.value)
+    assert "at most 2000" in message and "(3402 characters)" in message
+    assert len(message) < 400 + len(str(path))
+    for flags in (["--source", "ndi:/" + "x" * 3000], ["--sink", "x" * 3000 + "://y"]):
+        with pytest.raises(SystemExit):
+            build_parser().parse_args(["serve", *flags])
+        error = capsys.readouterr().err.strip()
+        assert error.count("\n") == 0 and len(error) < 400, error

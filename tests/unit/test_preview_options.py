@@ -11,7 +11,7 @@ import pytest
 
 from livediffusion.cli import build_parser
 from livediffusion.options import config_from_values, read_config_file
-from livediffusion_bridge import BackendUnavailableError, InvalidURIError, open_sink
+from livediffusion_bridge import BackendUnavailableError, InvalidURIError, open_sink, open_source
 from livediffusion_bridge._window import MAX_HEIGHT, _fit
 
 
@@ -59,6 +59,30 @@ def test_no_display_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
     with pytest.raises(BackendUnavailableError, match="no display: set DISPLAY or use another"):
         open_sink("window://")
+
+
+@pytest.mark.skipif(sys.platform in ("darwin", "win32"), reason="X11 only: DISPLAY")
+@pytest.mark.parametrize("mode", ["on", "side-by-side"])
+def test_no_display_for_preview_names_the_preview_option(
+    mode: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--preview with no display said "use another sink": the sink was fine, the preview
+    option is what needs the display."""
+    from contextlib import ExitStack
+
+    from livediffusion.preview import attach_preview
+
+    monkeypatch.delenv("DISPLAY", raising=False)
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    with ExitStack() as stack:
+        source = stack.enter_context(open_source("test://pattern"))
+        sink = stack.enter_context(open_sink("memory://preview-no-display"))
+        with pytest.raises(BackendUnavailableError) as caught:
+            attach_preview(mode, source, sink, stack=stack, on_close=lambda: None)
+    message = str(caught.value)
+    assert message.startswith(f"--preview {mode} needs a display")
+    assert "--preview off" in message and "another sink" not in message
+    assert message.count("\n") == 0
 
 
 def test_tall_pictures_are_scaled_by_whole_pixels_keeping_the_aspect() -> None:

@@ -435,8 +435,11 @@ def test_a_taken_sink_name_is_numbered_and_still_counts_as_ours(fake: ModuleType
     other = world.sender("livediffusion")  # another livediffusion, or any app
     other.send(flat(1))
     with open_sink("spout://") as sink:
+        assert sink.shown_as is None  # no sender before the first frame
         sink.publish(flat(2))
         assert sink.sender_name == "livediffusion_1"
+        # what the server logs for the host to pick: the name Spout registered, not ours
+        assert sink.shown_as == "Spout sender 'livediffusion_1'"
         assert "livediffusion_1" in _spout.own_senders()
         with open_source("spout://") as source:
             assert source.read(0.1) is None  # neither is taken

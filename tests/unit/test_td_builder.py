@@ -208,7 +208,11 @@ def test_a_parameter_change_sends_the_servers_osc_message(
     assert (reset.address, reset.params) == (prefix + "/reset", [1])
 
 
-def test_status_fills_the_read_only_parameters(comp: td.COMP) -> None:
+@pytest.mark.parametrize("later", [(), ((12, "i"),)], ids=["six fields", "osc_rejected after"])
+def test_status_fills_the_read_only_parameters(
+    comp: td.COMP, later: tuple[tuple[int, str], ...]
+) -> None:
+    """The server's /status gained osc_rejected at the end: the first six still fill in."""
     status_port = free_udp_port()
     comp.par.Statusport = status_port
     td.frame(comp)
@@ -216,7 +220,7 @@ def test_status_fills_the_read_only_parameters(comp: td.COMP) -> None:
     message = OscMessageBuilder(address="/status")
     for value, kind in (
         (29.97, "f"), (29.5, "f"), (41.234, "f"), (3, "i"),
-        ("sdxs-512-0.9", "s"), ("torch-cuda float16", "s"),
+        ("sdxs-512-0.9", "s"), ("torch-cuda float16", "s"), *later,
     ):  # fmt: skip
         message.add_arg(value, kind)
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:

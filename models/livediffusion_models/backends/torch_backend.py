@@ -156,7 +156,8 @@ class TorchBackend(StepInputsBackend):
         self.mode: RunMode = "eager"
         self._compile: CompileMode = options.compile
         if options.compile != "off" and self.device.type != "cuda":
-            log.info("--compile applies to CUDA GPUs; %s runs eager", self.device.type)
+            # compile is on by default and means nothing off CUDA: not worth a line each start
+            log.debug("--compile applies to CUDA GPUs; %s runs eager", self.device.type)
             self._compile = "off"
         if self._compile != "off":
             prepare_modules(unet, vae)

@@ -426,7 +426,7 @@ class Controller:
                 address, args = parse_osc(data)
             except ValueError:
                 continue
-            if address == "/status" and len(args) == 6:
+            if address == "/status" and len(args) >= 6:  # later fields go after the six
                 fresh = not self._connected(now)
                 self.reply = args
                 self.last_reply = now
@@ -439,8 +439,8 @@ class Controller:
         now = time.monotonic()
         lines = []
         pid = f"pid {self.proc.pid}" if self.proc is not None else ""
-        if self._connected(now) and len(self.reply) == 6:
-            in_fps, out_fps, latency, dropped, model, backend = self.reply
+        if self._connected(now) and len(self.reply) >= 6:
+            in_fps, out_fps, latency, dropped, model, backend = self.reply[:6]
             if backend == "starting":
                 figures = f"loading {model}"
             else:

@@ -167,7 +167,7 @@ START_FLAGS = {name: "--" + name.lower() for name in CONTROL_PARS if name != "By
 
 STATUS_PARS = ("Infps", "Outfps", "Latency", "Dropped", "Model", "Backend")
 """Read-only parameters filled from ``/status in_fps out_fps latency_p50_ms dropped model
-backend`` (types f f f i s s), in that order."""
+backend`` (types f f f i s s), in that order; fields the server adds after them are ignored."""
 
 STOP_TIMEOUT = 5.0  # the server stops within 2 s of SIGTERM; then it is killed
 POLL_FRAMES = 30  # how often (in frames) the Execute DAT checks whether the server exited
@@ -353,7 +353,7 @@ class LivediffusionExt:
 
     def OnOSC(self, address: str, args: Sequence[OscValue]) -> None:
         """A message on the Status Port: ``/status`` fills the read-only parameters."""
-        if address != self._prefix() + "/status" or len(args) != len(STATUS_PARS):
+        if address != self._prefix() + "/status" or len(args) < len(STATUS_PARS):
             return
         p = self.ownerComp.par
         for index, name in enumerate(STATUS_PARS):
