@@ -64,7 +64,7 @@ def _diffusers_pipe(tiny: Any) -> Any:
         text_encoder=copy.deepcopy(tiny.text_encoder),
         tokenizer=None,
         unet=copy.deepcopy(tiny.unet),
-        scheduler=EulerDiscreteScheduler(),
+        scheduler=EulerDiscreteScheduler(steps_offset=1),
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,
@@ -375,3 +375,45 @@ def test_a_module_moved_after_attaching_is_an_error_not_a_silent_no_op(
     unet.to(torch.float64)  # new parameter tensors: the stack's are dead copies now
     with pytest.raises(LoraError, match="replaced after the LoRAs were attached"):
         stack.set_weights([0.5])
+
+
+# -- the unfused PEFT alternative (kept for measuring) ---------------------------------------
+
+
+def test_peft_adapters_with_tensor_scales_equal_the_in_place_stack(
+    tiny: Any, tmp_path: Path
+) -> None:
+    from livediffusion_models.lora.peft_runtime import PeftLoraStack
+
+    a = write_lora(tmp_path / "a", unet=tiny.unet, text_encoder=tiny.text_encoder, seed=5)
+    b = write_lora(tmp_path / "b", unet=tiny.unet, fmt="kohya", seed=6, rank=8, alpha=3.0)
+    outputs = []
+    for kind in (LoraStack, PeftLoraStack):
+        unet, text_encoder = _fresh(tiny)
+        stack: Any = kind(unet=unet, text_encoder=text_encoder)
+        for path in (a, b):
+            stack.add(read_lora(str(path), unet=unet, text_encoder=text_encoder), weight=1.0)
+        seen = []
+        for weights in ([0.5, 0.3], [0.0, 1.0], [0.0, 0.0]):
+            change = stack.set_weights(weights)
+            assert change.applied
+            seen.append((_unet_out(unet), _text_out(text_encoder)))
+        outputs.append(seen)
+    for (unet_a, text_a), (unet_b, text_b) in zip(*outputs, strict=True):
+        torch.testing.assert_close(unet_a, unet_b, atol=2e-5, rtol=1e-5)
+        torch.testing.assert_close(text_a, text_b, atol=2e-5, rtol=1e-5)
+
+
+def test_peft_weight_changes_write_one_vector_the_layers_read(tiny: Any, tmp_path: Path) -> None:
+    from livediffusion_models.lora.peft_runtime import PeftLoraStack
+
+    path = write_lora(tmp_path, unet=tiny.unet)
+    unet, _ = _fresh(tiny)
+    stack = PeftLoraStack(unet=unet)
+    stack.add(read_lora(str(path), unet=unet), weight=1.0)
+    layer = unet.down_blocks[0].attentions[0].transformer_blocks[0].attn1.to_q
+    scale = layer.scaling["lora0"]
+    pointer = scale.data_ptr()
+    stack.set_weights([0.25])
+    assert layer.scaling["lora0"] is scale and scale.data_ptr() == pointer
+    assert float(scale) == 0.25

@@ -17,7 +17,8 @@ such a weight change the prompts must be encoded again (:class:`WeightChange` sa
 
 Importing this package is cheap (no torch): the CLI parses ``--lora`` values with
 :class:`LoraRequest`. The work lives in ``files`` (where a LoRA is), ``read`` (parsing and
-checks) and ``stack`` (in-place weights).
+checks), ``stack`` (in-place weights) and ``peft_runtime`` (the unfused PEFT alternative,
+kept for measuring which costs less).
 """
 
 from __future__ import annotations
