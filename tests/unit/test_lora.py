@@ -417,3 +417,53 @@ def test_peft_weight_changes_write_one_vector_the_layers_read(tiny: Any, tmp_pat
     stack.set_weights([0.25])
     assert layer.scaling["lora0"] is scale and scale.data_ptr() == pointer
     assert float(scale) == 0.25
+
+
+# -- through the torch backend ----------------------------------------------------------------
+
+
+def _frame(backend: Any) -> Any:
+    import numpy as np
+
+    from livediffusion_models.backends.base import FrameParams
+
+    pixels = np.random.default_rng(0).integers(0, 255, (64, 64, 4), dtype=np.uint8)
+    out = np.zeros_like(pixels)
+    backend.step(pixels, FrameParams(), out=out)
+    backend.reset()
+    return out
+
+
+@pytest.mark.parametrize("runtime", ["in-place", "peft"])
+def test_the_torch_backend_takes_loras_and_changes_weights_live(
+    tiny_folder: Path, tmp_path: Path, runtime: Any
+) -> None:
+    from livediffusion_models.backends.torch_backend import TorchBackend, TorchOptions
+    from livediffusion_models.lora.read import read_loras
+    from livediffusion_models.registry import get_model
+    from livediffusion_models.weights import load_model
+
+    def backend(requests: list[LoraRequest]) -> TorchBackend:
+        model = load_model(get_model("sdxs-512-0.9"), str(tiny_folder), progress=False)
+        loras = read_loras(model, requests)
+        built = TorchBackend.from_components(
+            model, TorchOptions(size=(64, 64), loras=loras, lora_runtime=runtime)
+        )
+        built.set_prompt(built.encode_prompt("a lighthouse"))
+        return built
+
+    plain = backend([])
+    assert plain.loras == () and plain.lora_weights == ()
+    reference = load_model(get_model("sdxs-512-0.9"), str(tiny_folder), progress=False)
+    path = write_lora(tmp_path, unet=reference.unet, text_encoder=reference.text_encoder)
+    styled = backend([LoraRequest(str(path), weight=0.0)])
+    assert styled.loras == ("pytorch_lora_weights",) and styled.lora_weights_live
+    assert (_frame(styled) == _frame(plain)).all()  # weight 0 is no LoRA
+
+    change = styled.set_lora_weights([1.0])
+    assert change.applied and change.reencode_prompts
+    styled.set_prompt(styled.encode_prompt("a lighthouse"), from_mix=1.0)
+    assert styled.lora_weights == (1.0,)
+    assert (_frame(styled) != _frame(plain)).any()
+    with pytest.raises(ValueError, match="2 weights for 1 LoRAs"):
+        styled.set_lora_weights([1.0, 0.5])

@@ -293,6 +293,12 @@ class TextEncoder:
         self.tokens = tokens
         self._lock = threading.Lock()
 
+    @property
+    def lock(self) -> threading.Lock:
+        """Held while encoding; a text-encoder LoRA change holds it too, so an encoding
+        never sees half-rewritten weights."""
+        return self._lock
+
     @torch.inference_mode()
     def encode(self, text: str) -> Embedding:
         ids = self.tokenizer(

@@ -43,14 +43,28 @@ from livediffusion_models.backends.cuda_graph import (
 from livediffusion_models.backends.inputs import StepInputs, StepInputsBackend, TextEncoder
 from livediffusion_models.errors import NonFiniteFrameError
 from livediffusion_models.imaging import Geometry, plan_geometry, to_model, to_pixels
+from livediffusion_models.lora import WeightChange
+from livediffusion_models.lora.peft_runtime import PeftLoraStack
+from livediffusion_models.lora.read import WeightedLora
+from livediffusion_models.lora.stack import LoraStack
 from livediffusion_models.schedule import NoiseSchedule
 from livediffusion_models.step import NUM_CONTROLS, FrameStep
 
-__all__ = ["RunMode", "TorchBackend", "TorchOptions", "resolve_device", "resolve_dtype"]
+__all__ = [
+    "LORA_RUNTIMES",
+    "LoraRuntime",
+    "RunMode",
+    "TorchBackend",
+    "TorchOptions",
+    "resolve_device",
+    "resolve_dtype",
+]
 
 log = logging.getLogger(__name__)
 
 RunMode: TypeAlias = Literal["eager", "compiled", "graph"]
+LoraRuntime: TypeAlias = Literal["in-place", "peft"]
+LORA_RUNTIMES: tuple[LoraRuntime, ...] = ("in-place", "peft")
 
 _DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 
@@ -112,6 +126,11 @@ class TorchOptions(BackendOptions):
     """Where torch.compile keeps its artifacts between runs (None: torch's own choice)."""
     streams: int = 1
     """How many streams run through the model as one batch, each with its own state."""
+    loras: tuple[WeightedLora, ...] = ()
+    """LoRAs read and checked (``lora.read.read_loras``), at their starting weights."""
+    lora_runtime: LoraRuntime = "in-place"
+    """``in-place``: weights rewritten on a change, nothing per frame (the default);
+    ``peft``: unfused adapters, a tiny write per change, LoRA branches every frame (to measure)."""
 
 
 @dataclass
@@ -170,6 +189,13 @@ class TorchBackend(StepInputsBackend):
         latent_shape = (streams, int(unet.config.in_channels), height // scale, width // scale)
         max_length = int(getattr(tokenizer, "model_max_length", 77))
         self.text = TextEncoder(text_encoder, tokenizer, device=self.device, tokens=max_length)
+        # after the modules' final device, dtype and layout, before anything compiles
+        runtime = LoraStack if options.lora_runtime == "in-place" else PeftLoraStack
+        self._loras: LoraStack | PeftLoraStack = runtime(
+            unet=unet, text_encoder=text_encoder, text_lock=self.text.lock
+        )
+        for choice in options.loras:
+            self._loras.add(choice.lora, weight=choice.weight)
         self.inputs = StepInputs(
             latent_shape=latent_shape,
             embed_shape=(streams, max_length, int(unet.config.cross_attention_dim)),
@@ -226,6 +252,24 @@ class TorchBackend(StepInputsBackend):
 
     def encode_prompt(self, text: str) -> Embedding:
         return self.text.encode(text).to(self.dtype)
+
+    # -- LoRAs ---------------------------------------------------------------------------
+
+    @property
+    def loras(self) -> tuple[str, ...]:
+        return self._loras.names
+
+    @property
+    def lora_weights(self) -> tuple[float, ...]:
+        return self._loras.weights
+
+    @property
+    def lora_weights_live(self) -> bool:
+        return True
+
+    def set_lora_weights(self, weights: Sequence[float]) -> WeightChange:
+        with self._device():
+            return self._loras.set_weights(weights)
 
     # -- frames --------------------------------------------------------------------------
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,10 +39,19 @@ from livediffusion_models.errors import (
     LoraCorruptError,
     LoraFormatError,
 )
+from livediffusion_models.lora import LoraRequest
 from livediffusion_models.lora.files import resolve_lora
 from livediffusion_models.weights.files import _read_safetensors_header, _SafetensorsDamaged
 
-__all__ = ["Component", "LoraFile", "LoraLayer", "describe_base", "read_lora"]
+__all__ = [
+    "Component",
+    "LoraFile",
+    "LoraLayer",
+    "WeightedLora",
+    "describe_base",
+    "read_lora",
+    "read_loras",
+]
 
 Component = Literal["unet", "text_encoder"]
 _ADAPTER = "livediffusion"
@@ -378,4 +387,39 @@ def read_lora(
         digest=_digest(path),
         base=base,
         layers=tuple(layers),
+    )
+
+
+@dataclass(frozen=True, eq=False)
+class WeightedLora:
+    """A checked LoRA and the weight it starts at: what a backend's options carry."""
+
+    lora: LoraFile
+    weight: float = 1.0
+
+
+def read_loras(
+    components: Any,
+    requests: Iterable[LoraRequest],
+    *,
+    cache_dir: str | None = None,
+    allow_download: bool = True,
+) -> tuple[WeightedLora, ...]:
+    """Every ``--lora`` of a start, read and checked against ``components`` (a
+    ``LoadedModel``) before any backend is built: the first bad one raises its one line."""
+    spec = getattr(components, "spec", None)
+    model = spec.name if spec is not None else "this model"
+    return tuple(
+        WeightedLora(
+            read_lora(
+                request.source,
+                unet=components.unet,
+                text_encoder=components.text_encoder,
+                model=model,
+                cache_dir=cache_dir,
+                allow_download=allow_download,
+            ),
+            request.weight,
+        )
+        for request in requests
     )
