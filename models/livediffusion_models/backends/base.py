@@ -93,6 +93,9 @@ class FrameParams:
     seed_mix: float = 1.0
     morph: float = 0.0
     """Prompt A -> B in embedding space (0 = A); ignored until a B prompt was set."""
+    controlnet_scale: float = 1.0
+    """How much the ControlNet steers (``/controlnet/scale``, 0..2, 0 = as if none); ignored
+    without a ControlNet. Per stream, like every value here."""
 
 
 class Backend(abc.ABC):

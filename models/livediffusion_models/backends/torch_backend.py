@@ -41,6 +41,8 @@ from livediffusion_models.backends.cuda_graph import (
     use_compile_cache,
 )
 from livediffusion_models.backends.inputs import StepInputs, StepInputsBackend, TextEncoder
+from livediffusion_models.condition import condition_for
+from livediffusion_models.controlnet import LoadedControlNet
 from livediffusion_models.errors import NonFiniteFrameError
 from livediffusion_models.imaging import Geometry, plan_geometry, to_model, to_pixels
 from livediffusion_models.lora import WeightChange
@@ -128,6 +130,9 @@ class TorchOptions(BackendOptions):
     """How many streams run through the model as one batch, each with its own state."""
     loras: tuple[WeightedLora, ...] = ()
     """LoRAs read and checked (``lora.read.read_loras``), at their starting weights."""
+    controlnet: LoadedControlNet | None = None
+    """A ControlNet checked against the UNet (``controlnet.load_controlnet``); its condition
+    is made from each frame inside the step, its scale is ``FrameParams.controlnet_scale``."""
     lora_runtime: LoraRuntime = "in-place"
     """``in-place``: weights rewritten on a change, nothing per frame (the default);
     ``peft``: unfused adapters, a tiny write per change, LoRA branches every frame (to measure)."""
@@ -167,11 +172,18 @@ class TorchBackend(StepInputsBackend):
             raise ValueError(f"model size {width}x{height} must be a multiple of {scale * 4}")
         self._size = (height, width)
 
-        for module in (unet, vae, text_encoder):
+        control = options.controlnet
+        controlnet = control.controlnet if control is not None else None
+        for module in (unet, vae, text_encoder, controlnet):
+            if module is None:
+                continue
             if module.dtype != dtype:  # diffusers warns on every dtype cast, even a no-op
                 module.to(dtype=dtype)
             module.to(device=self.device).eval().requires_grad_(False)
-        self.frame_step = FrameStep(unet, vae)
+        condition = None
+        if control is not None:
+            condition = condition_for(control.condition, self._size).to(self.device)
+        self.frame_step = FrameStep(unet, vae, controlnet, condition)
         self.mode: RunMode = "eager"
         self._compile: CompileMode = options.compile
         if options.compile != "off" and self.device.type != "cuda":
@@ -179,6 +191,8 @@ class TorchBackend(StepInputsBackend):
             self._compile = "off"
         if self._compile != "off":
             prepare_modules(unet, vae)
+            if controlnet is not None:
+                controlnet.to(memory_format=torch.channels_last)
             if options.compile_cache is not None:
                 use_compile_cache(options.compile_cache)
             self.mode = "graph" if options.graph else "compiled"

@@ -76,6 +76,7 @@ def _example_controls() -> torch.Tensor:
     controls[Control.BLEND] = 0.0
     controls[Control.PROMPT_MIX] = 1.0
     controls[Control.NOISE_TO] = 1.0
+    controls[Control.CONTROLNET_SCALE] = 1.0
     return controls
 
 
