@@ -31,7 +31,13 @@ from livediffusion_models.weights.files import _check_safetensors, _find_weights
 from livediffusion_models.weights.hub import _hub_snapshot, _progress_bars
 from livediffusion_models.weights.plan import RANDOM, TINY, _Context
 
-__all__ = ["LoadedControlNet", "check_controlnet_fits", "controlnet_from_unet", "load_controlnet"]
+__all__ = [
+    "LoadedControlNet",
+    "check_controlnet_fits",
+    "controlnet_from_unet",
+    "download_controlnet",
+    "load_controlnet",
+]
 
 
 @dataclass(frozen=True)
@@ -217,3 +223,20 @@ def load_controlnet(
         default_scale=scale,
         fingerprint=fingerprint,
     )
+
+
+def download_controlnet(
+    source: str,
+    *,
+    spec: ModelSpec,
+    cache_dir: str | os.PathLike[str] | None = None,
+    progress: bool = True,
+) -> Path:
+    """Fetch a registry or hub ControlNet into the cache ahead of a show; its folder."""
+    known = CONTROLNETS.get(source)
+    repo = known.hub_id if known else source
+    if not _is_hub_id(repo):
+        raise ModelError(f"ControlNet {source}: not a registry name or hub id to download")
+    ctx = _ControlNetContext(spec=spec, weights=repo, cache_dir=cache_dir, allow_download=True)
+    with _progress_bars(progress):
+        return _hub_snapshot(repo, required=("",), wanted=("",), ctx=ctx)

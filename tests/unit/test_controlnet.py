@@ -290,3 +290,25 @@ def test_the_torch_backend_runs_the_controlnet_with_a_live_scale(tiny_folder: Pa
     assert float(steered.inputs.controls[Control.CONTROLNET_SCALE]) == 2.0  # clamped
     steered.inputs.update_controls(FrameParams(controlnet_scale=float("nan")))
     assert float(steered.inputs.controls[Control.CONTROLNET_SCALE]) == 0.0
+
+
+def test_a_hub_controlnet_loads_from_the_cache_offline_and_says_how_to_fetch_it(
+    tiny: Any, controlnet: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from livediffusion_models.errors import WeightsNotFoundError
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    spec = get_model("sd-turbo")
+    with pytest.raises(WeightsNotFoundError) as error:
+        load_controlnet("sd21-canny", spec=spec, unet=tiny.unet, cache_dir=tmp_path)
+    assert "livediffusion download --controlnet thibaud/controlnet-sd21-canny-diffusers" in str(
+        error.value
+    )
+    repo = tmp_path / "hub" / "models--thibaud--controlnet-sd21-canny-diffusers"
+    controlnet.save_pretrained(repo / "snapshots" / "c0ffee")
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("c0ffee")
+    loaded = load_controlnet(
+        "sd21-canny", spec=spec, unet=tiny.unet, cache_dir=tmp_path, progress=False
+    )
+    assert loaded.condition == "canny" and loaded.default_scale == 0.5
