@@ -128,9 +128,10 @@ class EdgeCondition(nn.Module):
         )
         # the bright side of a step wins the tie: >= behind, > ahead; the two sides of a step
         # are equal only up to rounding, so "equal" is within _TIE
-        thin = (magnitude >= behind - _TIE) & (magnitude > ahead + _TIE)
-        weak = (thin & (magnitude >= self.low)).float()
-        edges = (thin & (magnitude >= self.high)).float()
+        # (logical_and, not &: coremltools 9 converts no Python operator on booleans)
+        thin = torch.logical_and(magnitude >= behind - _TIE, magnitude > ahead + _TIE)
+        weak = torch.logical_and(thin, magnitude >= self.low).float()
+        edges = torch.logical_and(thin, magnitude >= self.high).float()
         for _ in range(self.hysteresis_steps):  # grow strong edges along connected weak ones
             edges = torch.maximum(edges, weak * F.max_pool2d(edges, 3, stride=1, padding=1))
         return edges

@@ -69,13 +69,19 @@ class LoraStack:
     def __init__(
         self,
         *,
-        unet: Any,
+        unet: Any = None,
         text_encoder: Any = None,
         text_lock: threading.Lock | None = None,
+        only: Component | None = None,
     ) -> None:
-        self._modules: dict[Component, Any] = {"unet": unet}
+        """``only``: apply just that component's layers of each LoRA (Core ML bakes the
+        UNet's into the program and applies the text encoder's in torch)."""
+        self._modules: dict[Component, Any] = {}
+        if unet is not None:
+            self._modules["unet"] = unet
         if text_encoder is not None:
             self._modules["text_encoder"] = text_encoder
+        self._only = only
         self._text_lock = text_lock
         self._groups: dict[Component, _Group] = {}
         self._applied: list[_Applied] = []
@@ -113,13 +119,17 @@ class LoraStack:
         Every delta and base copy is made first; only then are the weights rewritten, so a
         failure (out of device memory, a module that moved) leaves the model as it was.
         """
-        if "text_encoder" in lora.components() and "text_encoder" not in self._modules:
-            raise LoraError(f"LoRA {lora.name} changes the text encoder; the stack has none")
+        wanted = lora.components() if self._only is None else {self._only}
+        missing = (wanted & lora.components()) - set(self._modules)
+        if missing:
+            raise LoraError(f"LoRA {lora.name} changes the {min(missing)}; the stack has none")
         applied = _Applied(lora=lora, weight=float(weight))
         new_bases: dict[Component, list[tuple[tuple[str, str], torch.nn.Module, str]]] = {}
         try:
             with torch.no_grad():
                 for layer in lora.layers:
+                    if layer.component not in wanted:
+                        continue
                     module = self._modules[layer.component].get_submodule(layer.module)
                     for param_name, delta in layer.deltas().items():
                         param: torch.Tensor = getattr(module, param_name)
@@ -157,7 +167,7 @@ class LoraStack:
                 group.pointers.append(param.data_ptr())
                 group.bases.append(base)
         self._applied.append(applied)
-        self._rewrite(lora.components())
+        self._rewrite(set(applied.params))
         return len(self._applied) - 1
 
     def clear(self) -> None:
@@ -192,7 +202,7 @@ class LoraStack:
             value = float(weight)
             if value != applied.weight:
                 applied.weight = value
-                touched |= applied.lora.components()
+                touched |= set(applied.params)
         if not touched:
             return WeightChange(applied=False, reencode_prompts=False)
         self._rewrite(touched)
