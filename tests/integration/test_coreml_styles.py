@@ -298,3 +298,40 @@ def test_a_controlnet_is_refused_for_the_stages_variant(cache: Path) -> None:
     control = load_controlnet("tiny", spec=get_model(FAMILY), unet=components.unet)
     with pytest.raises(ValueError, match="fused program only"):
         _convert(components, cache, controlnet=control, variant="stages")
+
+
+def test_compare_bakes_the_same_lora_and_runs_the_same_controlnet(
+    lora_files: tuple[Path, Path], cache: Path, coreml_mac: Any
+) -> None:
+    from livediffusion_models.coreml import PSNR_PASS_DB
+    from livediffusion_models.coreml.compare import compare_converted
+
+    ink, _ = lora_files
+    components = make_tiny_family(FAMILY)
+    loras = _loras(components, LoraRequest(str(ink), 1.0))
+    control = load_controlnet("tiny", spec=get_model(FAMILY), unet=components.unet)
+    converted = _convert(components, cache, loras=loras, controlnet=control)
+    # what the stubbed Core ML computes with: the step with the LoRA baked and the ControlNet
+    baked = copy.deepcopy(components.unet)
+    with baked_unet(baked, loras) as bake:
+        bake(plan_styles(loras, False)[0])
+        frozen = copy.deepcopy(baked)
+    condition = FrameStep(frozen, components.vae, control.controlnet).condition
+    (spec,) = build_programs(
+        frozen,
+        components.vae,
+        size=SIZE,
+        tokens=77,
+        variant="fused",
+        controlnet=control.controlnet,
+        condition=condition,
+    )
+    coreml_mac.register(converted.programs["step"].package, spec.module.eval())
+    programs = load_programs(converted, settings=CoreMLSettings(target="macOS14"))
+    before = _state(components.unet)
+    scores = compare_converted(components, converted, programs, loras=loras, controlnet=control)
+    assert scores["fused"] > PSNR_PASS_DB
+    after = _state(components.unet)
+    assert all(torch.equal(after[k], before[k]) for k in before)  # restored
+    with pytest.raises(ValueError, match="LoRAs the programs were converted with"):
+        compare_converted(components, converted, programs, controlnet=control)
