@@ -301,14 +301,13 @@ def test_a_controlnet_is_refused_for_the_stages_variant(cache: Path) -> None:
 
 
 def test_compare_bakes_the_same_lora_and_runs_the_same_controlnet(
-    lora_files: tuple[Path, Path], cache: Path, coreml_mac: Any
+    cache: Path, coreml_mac: Any, tmp_path: Path
 ) -> None:
-    from livediffusion_models.coreml import PSNR_PASS_DB
     from livediffusion_models.coreml.compare import compare_converted
 
-    ink, _ = lora_files
     components = make_tiny_family(FAMILY)
-    loras = _loras(components, LoraRequest(str(ink), 1.0))
+    strong = write_lora(tmp_path, unet=components.unet, alpha=32.0, seed=7)  # scale 8
+    loras = _loras(components, LoraRequest(str(strong), 1.0))
     control = load_controlnet("tiny", spec=get_model(FAMILY), unet=components.unet)
     converted = _convert(components, cache, loras=loras, controlnet=control)
     # what the stubbed Core ML computes with: the step with the LoRA baked and the ControlNet
@@ -330,7 +329,8 @@ def test_compare_bakes_the_same_lora_and_runs_the_same_controlnet(
     programs = load_programs(converted, settings=CoreMLSettings(target="macOS14"))
     before = _state(components.unet)
     scores = compare_converted(components, converted, programs, loras=loras, controlnet=control)
-    assert scores["fused"] > PSNR_PASS_DB
+    # the stub computes in torch and rounds to fp16: only that rounding may differ
+    assert scores["fused"] > 65.0
     after = _state(components.unet)
     assert all(torch.equal(after[k], before[k]) for k in before)  # restored
     with pytest.raises(ValueError, match="LoRAs the programs were converted with"):
