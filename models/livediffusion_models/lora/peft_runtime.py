@@ -103,9 +103,7 @@ class PeftLoraStack:
         device = next(module.parameters()).device
         vector = torch.zeros(len(names), dtype=torch.float32, device=device)
         self._vectors[component] = vector
-        self._host[component] = torch.zeros(
-            len(names), dtype=torch.float32, pin_memory=device.type == "cuda"
-        )
+        self._host[component] = torch.zeros(len(names), dtype=torch.float32)
         with torch.no_grad():
             for found in module.modules():
                 if not isinstance(found, BaseTunerLayer):
@@ -153,5 +151,6 @@ class PeftLoraStack:
             host = self._host[component]
             for index, weight in enumerate(self._weights):
                 host[index] = weight
+            # blocking: the next change rewrites ``host``, which a pending copy may still read
             with self._lock_for(component), torch.no_grad():
-                vector.copy_(host, non_blocking=host.is_pinned())
+                vector.copy_(host)
