@@ -467,3 +467,28 @@ def test_the_torch_backend_takes_loras_and_changes_weights_live(
     assert (_frame(styled) != _frame(plain)).any()
     with pytest.raises(ValueError, match="2 weights for 1 LoRAs"):
         styled.set_lora_weights([1.0, 0.5])
+
+
+def test_a_peft_adapter_folder_equals_peft_merge_and_unload(tiny: Any, tmp_path: Path) -> None:
+    """PEFT's own ``save_pretrained`` format (the SDXS authors' DreamShaper-Anime adapter
+    is one): adapter_config.json + adapter_model.safetensors, keys under base_model.model."""
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(
+        r=4,
+        lora_alpha=12,
+        target_modules=["to_q", "to_v", "proj_out", "conv2"],
+        init_lora_weights=False,
+    )
+    torch.manual_seed(9)
+    wrapped = get_peft_model(copy.deepcopy(tiny.unet), config)
+    wrapped.save_pretrained(str(tmp_path / "anime"))
+    assert (tmp_path / "anime" / "adapter_config.json").is_file()
+    expected = _unet_out(wrapped.merge_and_unload())
+
+    unet, _ = _fresh(tiny)
+    lora = read_lora(str(tmp_path / "anime"), unet=unet, model="tiny")
+    assert lora.name == "anime" and not lora.touches_text_encoder
+    LoraStack(unet=unet).add(lora)
+    torch.testing.assert_close(_unet_out(unet), expected, atol=2e-5, rtol=1e-5)
+    assert (expected - _unet_out(tiny.unet)).abs().max() > 1e-2

@@ -1,7 +1,8 @@
 """Where a LoRA is: a file, a folder holding one, or a hub repository (cached, else fetched).
 
-Model sites hand out single ``.safetensors`` files; diffusers and PEFT save a folder with
-``pytorch_lora_weights.safetensors``; the hub has repositories with one or several LoRA files.
+Model sites hand out single ``.safetensors`` files; diffusers saves a folder with
+``pytorch_lora_weights.safetensors``, PEFT one with ``adapter_model.safetensors`` and
+``adapter_config.json``; the hub has repositories with one or several LoRA files.
 All three end here as one local file, found offline first (the livediffusion cache, then
 huggingface_hub's), so a show runs without a network once a LoRA was fetched.
 """
@@ -25,6 +26,7 @@ __all__ = ["LORA_SUFFIXES", "download_lora", "resolve_lora"]
 LORA_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
 """Files a LoRA may come in; safetensors first (it cannot run code when read)."""
 _DIFFUSERS_NAME = "pytorch_lora_weights.safetensors"
+_PEFT_CONFIG = "adapter_config.json"
 
 
 def _pick_file(names: list[str], where: str) -> str:
@@ -116,9 +118,11 @@ def download_lora(
     target = _cache_roots(cache_dir)[0]
     try:
         name = inside
+        listing = [f for f in HfApi().list_repo_files(repo) if "/" not in f]
         if name is None:
-            listing = [f for f in HfApi().list_repo_files(repo) if "/" not in f]
             name = _pick_file(listing, f"hub repo {repo}")
+        if name.startswith("adapter_model.") and _PEFT_CONFIG in listing:
+            hf_hub_download(repo, _PEFT_CONFIG, cache_dir=target)  # PEFT's own format
         return Path(hf_hub_download(repo, name, cache_dir=target))
     except LoraNotFoundError:
         raise

@@ -11,6 +11,9 @@ each layer's ``get_delta_weight`` is then the exact delta diffusers' ``fuse_lora
 
 What is checked before anything is applied, each failure one line that names the file:
 
+A folder PEFT's own ``save_pretrained`` wrote (``adapter_config.json`` + ``adapter_model.*``)
+goes the same way: its keys and config are handed to diffusers' loader as diffusers' format.
+
 * the file reads at all (:class:`LoraCorruptError`): the safetensors header against the file's
   size, then every tensor;
 * it is a LoRA livediffusion can blend (:class:`LoraFormatError`): lora tensors only, no DoRA
@@ -114,11 +117,13 @@ class LoraFile:
         return frozenset(layer.component for layer in self.layers)
 
 
-def _digest(path: Path) -> str:
+def _digest(path: Path, config: Path | None = None) -> str:
     sha = hashlib.sha256()
     with path.open("rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             sha.update(chunk)
+    if config is not None:  # a PEFT adapter's scaling and targets live in its config
+        sha.update(config.read_bytes())
     return sha.hexdigest()[:16]
 
 
@@ -148,6 +153,43 @@ def _raw_keys(path: Path, name: str) -> list[str]:
     if not isinstance(loaded, Mapping):
         raise LoraFormatError(f"LoRA {name}: {path} holds a {type(loaded).__name__}, no tensors")
     return [str(key) for key in loaded]
+
+
+_PEFT_CONFIG = "adapter_config.json"
+_PEFT_PREFIX = "base_model.model."
+
+
+def _is_peft_adapter(path: Path) -> bool:
+    return path.name.startswith("adapter_model.") and (path.parent / _PEFT_CONFIG).is_file()
+
+
+def _read_peft_adapter(
+    path: Path, name: str
+) -> tuple[dict[str, torch.Tensor], None, dict[str, Any]]:
+    """A folder PEFT's own ``save_pretrained`` wrote: ``adapter_config.json`` (the LoraConfig)
+    beside ``adapter_model.safetensors``/``.bin``, keys under ``base_model.model.`` (the
+    SDXS authors ship their DreamShaper-Anime adapter so). Handed to diffusers' loader as its
+    own format: the keys under ``unet.``, the config as its adapter metadata."""
+    import json
+
+    try:
+        config = json.loads((path.parent / _PEFT_CONFIG).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise LoraCorruptError(
+            f"LoRA {name}: damaged {path.parent / _PEFT_CONFIG} ({_first_line(error)})"
+        ) from error
+    if not isinstance(config, dict) or config.get("peft_type", "LORA") != "LORA":
+        kind = config.get("peft_type") if isinstance(config, dict) else type(config).__name__
+        raise LoraFormatError(f"LoRA {name}: a PEFT {kind} adapter, not a LoRA")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        tensors = load_file(str(path))
+    else:
+        tensors = torch.load(str(path), map_location="cpu", weights_only=True)
+    state = {f"unet.{k.removeprefix(_PEFT_PREFIX)}": v for k, v in tensors.items()}
+    metadata = {f"unet.{key}": value for key, value in config.items()}
+    return state, None, metadata
 
 
 def _first_line(error: BaseException) -> str:
@@ -285,13 +327,18 @@ def read_lora(
         )
     with _quiet():
         try:
-            state_dict, alphas, metadata = Loader.lora_state_dict(
-                str(path.parent),
-                weight_name=path.name,
-                local_files_only=True,
-                use_safetensors=path.suffix == ".safetensors" or None,
-                return_lora_metadata=True,
-            )
+            if _is_peft_adapter(path):
+                state_dict, alphas, metadata = _read_peft_adapter(path, name)
+            else:
+                state_dict, alphas, metadata = Loader.lora_state_dict(
+                    str(path.parent),
+                    weight_name=path.name,
+                    local_files_only=True,
+                    use_safetensors=path.suffix == ".safetensors" or None,
+                    return_lora_metadata=True,
+                )
+        except (LoraCorruptError, LoraFormatError):
+            raise
         except Exception as error:  # diffusers' converters raise ValueError/KeyError/...
             raise LoraFormatError(
                 f"LoRA {name}: diffusers cannot read it as a LoRA ({_first_line(error)})"
@@ -384,7 +431,7 @@ def read_lora(
         name=name,
         source=source,
         path=path,
-        digest=_digest(path),
+        digest=_digest(path, path.parent / _PEFT_CONFIG if _is_peft_adapter(path) else None),
         base=base,
         layers=tuple(layers),
     )
