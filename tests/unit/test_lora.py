@@ -492,3 +492,11 @@ def test_a_peft_adapter_folder_equals_peft_merge_and_unload(tiny: Any, tmp_path:
     LoraStack(unet=unet).add(lora)
     torch.testing.assert_close(_unet_out(unet), expected, atol=2e-5, rtol=1e-5)
     assert (expected - _unet_out(tiny.unet)).abs().max() > 1e-2
+
+
+def test_a_lora_of_which_no_layer_is_in_this_model_is_refused(tiny: Any, tmp_path: Path) -> None:
+    with_mid = _unet_with(tiny, mid_block_type="UNetMidBlock2DCrossAttn")
+    path = write_lora(tmp_path, unet=with_mid, unet_targets=("mid_block.attentions.0.proj_in",))
+    with pytest.raises(LoraBaseMismatchError) as error:
+        read_lora(str(path), unet=tiny.unet, model="tiny")
+    assert "other blocks" in _one_line(error)

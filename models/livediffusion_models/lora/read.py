@@ -391,6 +391,11 @@ def read_lora(
                     low_cpu_mem_usage=True,
                 )
         except Exception as error:
+            if "not found in the base model" in str(error):  # PEFT: no target matched at all
+                raise LoraBaseMismatchError(
+                    f"LoRA {name} is for {base} with other blocks and {model_base}: none of its "
+                    f"layers is in {model}"
+                ) from error
             if "size mismatch" in str(error):
                 raise LoraBaseMismatchError(
                     f"LoRA {name} is for {base} with other layer sizes and {model_base} "
