@@ -458,6 +458,7 @@ def test_the_torch_backend_takes_loras_and_changes_weights_live(
     path = write_lora(tmp_path, unet=reference.unet, text_encoder=reference.text_encoder)
     styled = backend([LoraRequest(str(path), weight=0.0)])
     assert styled.loras == ("pytorch_lora_weights",) and styled.lora_weights_live
+    assert plain.lora_memory_bytes == 0 and styled.lora_memory_bytes > 0
     assert (_frame(styled) == _frame(plain)).all()  # weight 0 is no LoRA
 
     change = styled.set_lora_weights([1.0])

@@ -281,6 +281,11 @@ class TorchBackend(StepInputsBackend):
     def lora_weights_live(self) -> bool:
         return True
 
+    @property
+    def lora_memory_bytes(self) -> int:
+        """Device memory the LoRAs take (bases and deltas in place; factors with peft)."""
+        return self._loras.memory_bytes()
+
     def set_lora_weights(self, weights: Sequence[float]) -> WeightChange:
         with self._device():
             return self._loras.set_weights(weights)

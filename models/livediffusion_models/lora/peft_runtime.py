@@ -63,6 +63,15 @@ class PeftLoraStack:
     def __len__(self) -> int:
         return len(self._loras)
 
+    def memory_bytes(self) -> int:
+        """Device memory the adapters' factors take (what ``bench --lora`` reports)."""
+        return sum(
+            p.numel() * p.element_size()
+            for module in self._modules.values()
+            for name, p in module.named_parameters()
+            if ".lora_" in name
+        )
+
     def add(self, lora: LoraFile, *, weight: float = 1.0) -> int:
         """Load ``lora`` as adapter ``lora<N>`` on the live modules (already checked by
         ``read_lora``, so diffusers' loaders do not fail half-way here)."""
