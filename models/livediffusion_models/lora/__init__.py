@@ -16,9 +16,10 @@ the same styles. A LoRA that touches the text encoder changes what prompts encod
 such a weight change the prompts must be encoded again (:class:`WeightChange` says so).
 
 Importing this package is cheap (no torch): the CLI parses ``--lora`` values with
-:class:`LoraRequest`. The work lives in ``files`` (where a LoRA is), ``read`` (parsing and
-checks), ``stack`` (in-place weights) and ``peft_runtime`` (the unfused PEFT alternative,
-kept for measuring which costs less).
+:class:`LoraRequest`. The work lives in ``files`` (where a LoRA is), ``formats`` (reading a
+file far enough to check it), ``read`` (diffusers' parsing and the checks), ``stack``
+(in-place weights) and ``peft_runtime`` (the unfused PEFT alternative, kept for measuring
+which costs less).
 """
 
 from __future__ import annotations

@@ -25,7 +25,6 @@ goes the same way: its keys and config are handed to diffusers' loader as diffus
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import warnings
 from collections.abc import Iterable, Iterator, Mapping
@@ -44,7 +43,13 @@ from livediffusion_models.errors import (
 )
 from livediffusion_models.lora import LoraRequest
 from livediffusion_models.lora.files import resolve_lora
-from livediffusion_models.weights.files import _read_safetensors_header, _SafetensorsDamaged
+from livediffusion_models.lora.formats import (
+    digest,
+    first_line,
+    is_peft_adapter,
+    raw_keys,
+    read_peft_adapter,
+)
 
 __all__ = [
     "Component",
@@ -115,86 +120,6 @@ class LoraFile:
 
     def components(self) -> frozenset[Component]:
         return frozenset(layer.component for layer in self.layers)
-
-
-def _digest(path: Path, config: Path | None = None) -> str:
-    sha = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            sha.update(chunk)
-    if config is not None:  # a PEFT adapter's scaling and targets live in its config
-        sha.update(config.read_bytes())
-    return sha.hexdigest()[:16]
-
-
-def _raw_keys(path: Path, name: str) -> list[str]:
-    """Every tensor name in the file, after reading it whole (so damage shows here)."""
-    try:
-        if path.suffix == ".safetensors":
-            _read_safetensors_header(path)
-            from safetensors import safe_open
-
-            with safe_open(str(path), framework="pt") as f:
-                keys = list(f.keys())
-                for key in keys:  # reads the data too: a damaged tensor fails now
-                    f.get_tensor(key)
-            return keys
-        loaded = torch.load(str(path), map_location="cpu", weights_only=True)
-    except (OSError, _SafetensorsDamaged, RuntimeError, ValueError) as error:
-        raise LoraCorruptError(
-            f"LoRA {name}: damaged file {path} ({_first_line(error)})"
-        ) from error
-    except Exception as error:  # pickle's own errors (UnpicklingError, EOFError, ...)
-        raise LoraCorruptError(
-            f"LoRA {name}: damaged file {path} ({_first_line(error)})"
-        ) from error
-    if isinstance(loaded, Mapping) and "state_dict" in loaded:
-        loaded = loaded["state_dict"]
-    if not isinstance(loaded, Mapping):
-        raise LoraFormatError(f"LoRA {name}: {path} holds a {type(loaded).__name__}, no tensors")
-    return [str(key) for key in loaded]
-
-
-_PEFT_CONFIG = "adapter_config.json"
-_PEFT_PREFIX = "base_model.model."
-
-
-def _is_peft_adapter(path: Path) -> bool:
-    return path.name.startswith("adapter_model.") and (path.parent / _PEFT_CONFIG).is_file()
-
-
-def _read_peft_adapter(
-    path: Path, name: str
-) -> tuple[dict[str, torch.Tensor], None, dict[str, Any]]:
-    """A folder PEFT's own ``save_pretrained`` wrote: ``adapter_config.json`` (the LoraConfig)
-    beside ``adapter_model.safetensors``/``.bin``, keys under ``base_model.model.`` (the
-    SDXS authors ship their DreamShaper-Anime adapter so). Handed to diffusers' loader as its
-    own format: the keys under ``unet.``, the config as its adapter metadata."""
-    import json
-
-    try:
-        config = json.loads((path.parent / _PEFT_CONFIG).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise LoraCorruptError(
-            f"LoRA {name}: damaged {path.parent / _PEFT_CONFIG} ({_first_line(error)})"
-        ) from error
-    if not isinstance(config, dict) or config.get("peft_type", "LORA") != "LORA":
-        kind = config.get("peft_type") if isinstance(config, dict) else type(config).__name__
-        raise LoraFormatError(f"LoRA {name}: a PEFT {kind} adapter, not a LoRA")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        tensors = load_file(str(path))
-    else:
-        tensors = torch.load(str(path), map_location="cpu", weights_only=True)
-    state = {f"unet.{k.removeprefix(_PEFT_PREFIX)}": v for k, v in tensors.items()}
-    metadata = {f"unet.{key}": value for key, value in config.items()}
-    return state, None, metadata
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {text[0]}" if text else type(error).__name__
 
 
 @contextmanager
@@ -319,7 +244,7 @@ def read_lora(
     path = resolve_lora(source, cache_dir=cache_dir, allow_download=allow_download)
     given = Path(source).expanduser()
     name = path.stem if given.is_file() else given.name if given.is_dir() else source
-    keys = _raw_keys(path, name)
+    keys = raw_keys(path, name)
     if any("dora_scale" in k or "lora_magnitude_vector" in k for k in keys):
         raise LoraFormatError(
             f"LoRA {name} is a DoRA: its magnitude scaling is not a weight delta, so it cannot "
@@ -327,8 +252,8 @@ def read_lora(
         )
     with _quiet():
         try:
-            if _is_peft_adapter(path):
-                state_dict, alphas, metadata = _read_peft_adapter(path, name)
+            if is_peft_adapter(path):
+                state_dict, alphas, metadata = read_peft_adapter(path, name)
             else:
                 state_dict, alphas, metadata = Loader.lora_state_dict(
                     str(path.parent),
@@ -341,7 +266,7 @@ def read_lora(
             raise
         except Exception as error:  # diffusers' converters raise ValueError/KeyError/...
             raise LoraFormatError(
-                f"LoRA {name}: diffusers cannot read it as a LoRA ({_first_line(error)})"
+                f"LoRA {name}: diffusers cannot read it as a LoRA ({first_line(error)})"
             ) from error
     if not state_dict or not all("lora" in k for k in state_dict):
         other = next((k for k in state_dict if "lora" not in k), "nothing")
@@ -399,10 +324,10 @@ def read_lora(
             if "size mismatch" in str(error):
                 raise LoraBaseMismatchError(
                     f"LoRA {name} is for {base} with other layer sizes and {model_base} "
-                    f"({_first_line(error)})"
+                    f"({first_line(error)})"
                 ) from error
             raise LoraFormatError(
-                f"LoRA {name}: diffusers cannot apply it ({_first_line(error)})"
+                f"LoRA {name}: diffusers cannot apply it ({first_line(error)})"
             ) from error
 
     layers: list[LoraLayer] = []
@@ -436,7 +361,7 @@ def read_lora(
         name=name,
         source=source,
         path=path,
-        digest=_digest(path, path.parent / _PEFT_CONFIG if _is_peft_adapter(path) else None),
+        digest=digest(path, path.parent / "adapter_config.json" if is_peft_adapter(path) else None),
         base=base,
         layers=tuple(layers),
     )
