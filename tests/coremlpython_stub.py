@@ -89,6 +89,10 @@ def spec_digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def _module_key(digest: str, function: str) -> str:
+    return f"{digest}#{function}" if function else digest
+
+
 @dataclass(frozen=True)
 class _Array:
     name: str
@@ -105,12 +109,28 @@ class _Description:
     states: tuple[_Array, ...]
     spec_version: int
 
+    function: str = ""
+    """The function this description is of ("" for a single-function program)."""
+
     @classmethod
-    def parse(cls, data: bytes) -> _Description:
+    def parse(cls, data: bytes, function: str = "") -> _Description:
+        """A multifunction program (``description.functions``) is read for ``function``, or
+        for its ``defaultFunctionName`` without one: Core ML loads the default function when
+        ``MLModelConfiguration.functionName`` is nil (coremltools' ``MLModel`` docstring: "If
+        not provided, function_name will be set to the defaultFunctionName")."""
         from coremltools.proto import Model_pb2
 
         spec = Model_pb2.Model.FromString(data)
-        description = spec.description
+        description: Any = spec.description
+        if description.functions:
+            wanted = function or description.defaultFunctionName
+            found = [f for f in description.functions if f.name == wanted]
+            if not found:
+                names = ", ".join(f.name for f in description.functions)
+                raise _ns_error(f"stub: the program has no function {wanted!r} ({names})")
+            description, function = found[0], wanted
+        elif function:
+            raise StubLimit("stub: a function name for a single-function program")
 
         def arrays(items: Iterable[Any]) -> tuple[_Array, ...]:
             found = []
@@ -130,6 +150,7 @@ class _Description:
             outputs=arrays(description.output),
             states=arrays(description.state),
             spec_version=int(spec.specificationVersion),
+            function=function,
         )
 
 
@@ -150,10 +171,17 @@ class CoreMLWorld:
         self.events: list[Event] = []
         self.modules: dict[str, torch.nn.Module] = {}
 
-    def register(self, package: str | Path, module: torch.nn.Module | Callable[..., Any]) -> None:
+    def register(
+        self,
+        package: str | Path,
+        module: torch.nn.Module | Callable[..., Any],
+        *,
+        function: str = "",
+    ) -> None:
         """Compute ``package``'s predictions (wherever it is compiled or copied to) with the
-        torch ``module`` it was converted from."""
-        self.modules[spec_digest(_spec_file(Path(package)).read_bytes())] = module  # type: ignore[assignment]
+        torch ``module`` it was converted from; of one ``function`` of a multifunction one."""
+        key = _module_key(spec_digest(_spec_file(Path(package)).read_bytes()), function)
+        self.modules[key] = module  # type: ignore[assignment]
 
     def register_converted(self, converted: Any, components: Any) -> None:
         """Register every program of a ``ConvertedModel`` with the torch module it came from."""
@@ -240,7 +268,9 @@ class _MLModelProxy:
     ) -> None:
         """``Model::Model``: a path not ending in ``.mlmodelc`` is compiled first
         (``compileModelAtURL``) and that temporary compile deleted with the proxy; then
-        ``setComputeUnit``, ``setOptimizationHints`` and ``modelWithContentsOfURL``."""
+        ``setComputeUnit``, ``setOptimizationHints``, ``functionName`` (set only under
+        ``@available(macOS 15.0)``, else the RuntimeError below: CoreMLPython.mm at 9.0) and
+        ``modelWithContentsOfURL``, which loads that function of a multifunction program."""
         # pybind11 casts each argument or refuses the call
         for value, kind in ((url, str), (compute_units, str), (function_name, str)):
             if not isinstance(value, kind):
@@ -258,12 +288,15 @@ class _MLModelProxy:
         self._compiled = compiled
         self._set_compute_unit(compute_units)
         hints = self._set_optimization_hints(optimization_hints)
-        if function_name:
-            raise StubLimit("stub: multifunction programs are not modelled")
-        self._description, self._digest = _load_compiled(compiled, self.world.macos)
-        self.world.events.append(
-            Event("load", str(compiled), {"compute_units": compute_units, "hints": hints})
-        )
+        if function_name and self.world.macos < (15, 0):
+            # Model::Model sets configuration.functionName only under @available(macOS 15.0)
+            raise RuntimeError("The 'functionName' property can only be set on macOS >= 15.0")
+        self._description, digest = _load_compiled(compiled, self.world.macos, function_name)
+        self._digest = _module_key(digest, self._description.function)
+        detail: dict[str, Any] = {"compute_units": compute_units, "hints": hints}
+        if self._description.function:  # which function of a multifunction program
+            detail["function"] = self._description.function
+        self.world.events.append(Event("load", str(compiled), detail))
 
     def __del__(self) -> None:
         # Model::~Model removes a model it compiled itself (m_deleteCompiledModelOnExit)
@@ -346,7 +379,10 @@ class _MLModelProxy:
                 array.astype(_NUMPY[declared.dtype]), declared.dtype
             )
         fed = {a.name: np.array(features[a.name]) for a in description.inputs}  # what Core ML read
-        self.world.events.append(Event("predict", str(self._compiled), {"inputs": fed}))
+        detail: dict[str, Any] = {"inputs": fed}
+        if description.function:
+            detail["function"] = description.function
+        self.world.events.append(Event("predict", str(self._compiled), detail))
         return outputs
 
     def _check_inputs(self, features: Mapping[str, Any]) -> None:
@@ -450,14 +486,17 @@ def _is_compiled_model_path(path: str) -> bool:
     return (path[:-1] if path.endswith("/") else path).endswith(".mlmodelc")
 
 
-def _load_compiled(compiled: Path, macos: tuple[int, int]) -> tuple[_Description, str]:
+def _load_compiled(
+    compiled: Path, macos: tuple[int, int], function: str = ""
+) -> tuple[_Description, str]:
     """``[MLModel modelWithContentsOfURL:configuration:error:]``: a folder that is not a
-    compiled model fails to load, as an NSError *(stub's words)*."""
+    compiled model, or a function it does not have, fails to load, as an NSError *(stub's
+    words)*."""
     spec = compiled / COMPILED_SPEC
     if not spec.is_file():
         raise _ns_error(f"stub: {compiled} is not a compiled model")
     data = spec.read_bytes()
-    description = _Description.parse(data)
+    description = _Description.parse(data, function)
     if SPEC_MACOS.get(description.spec_version, (99, 0)) > macos:
         raise _ns_error(f"stub: specification version {description.spec_version} is too new")
     return description, spec_digest(data)
@@ -507,10 +546,13 @@ def native_module(world: CoreMLWorld) -> types.ModuleType:
 
 def _warm_sysconfig() -> None:
     """Read sysconfig (and numpy.testing, which reads it on import) for the real OS first: a
-    lazy first read after ``sys.platform`` changed looks for the other OS's config module."""
+    lazy first read after ``sys.platform`` changed looks for the other OS's config module.
+    psutil likewise picks its native module by ``sys.platform`` when first imported (peft,
+    which diffusers' LoRA loaders import, imports it): imported here for the real OS."""
     import sysconfig
 
     import numpy.testing  # noqa: F401
+    import psutil  # noqa: F401
 
     sysconfig.get_config_vars()
 

@@ -81,3 +81,31 @@ class NonFiniteFrameError(ModelError):
     The temporal state was cleared with it, so the next frame starts clean instead of
     carrying the NaNs forward through feedback and smoothing.
     """
+
+
+class LoraError(ModelError):
+    """A LoRA that cannot be used; one line that names the file and what to do.
+
+    Raised before the model is touched: a LoRA is read and checked whole first, so a failure
+    leaves the weights exactly as they were.
+    """
+
+
+class LoraNotFoundError(LoraError):
+    """The LoRA is neither a file or folder on disk nor in the caches, and cannot be fetched."""
+
+
+class LoraCorruptError(LoraError):
+    """The LoRA file exists but cannot be read (truncated, not safetensors, damaged)."""
+
+
+class LoraFormatError(LoraError):
+    """The file reads but holds no LoRA livediffusion can apply (a full checkpoint, DoRA, ...)."""
+
+
+class LoraBaseMismatchError(LoraError):
+    """The LoRA was made for another base model (an SD 1.5 LoRA on an SD 2.1-based model)."""
+
+
+class ControlNetMismatchError(ModelError):
+    """A ControlNet whose blocks or text width do not fit the model's UNet."""

@@ -22,6 +22,8 @@ if TYPE_CHECKING:  # importlib.resources.abc is 3.11+; the package supports 3.10
 
 Lineage = Literal["sd1", "sd2"]
 Component = Literal["unet", "vae", "text_encoder", "scheduler"]
+ConditionKind = Literal["canny", "sketch"]
+CONDITIONS: tuple[ConditionKind, ...] = ("canny", "sketch")
 
 TAESD_HUB_ID = "madebyollin/taesd"
 """Tiny autoencoder for the SD1/SD2 latent space (both lineages share it).
@@ -136,3 +138,49 @@ def get_model(name: str) -> ModelSpec:
         return MODELS[name]
     except KeyError:
         raise UnknownModelError(name, MODELS) from None
+
+
+@dataclass(frozen=True)
+class ControlNetSpec:
+    """A ControlNet known to fit shipped models, and the condition it was trained on.
+
+    docs/models.md records where each entry comes from and what was looked for and not found.
+    """
+
+    name: str
+    description: str
+    hub_id: str
+    models: tuple[str, ...]
+    """The registry models whose UNet it fits (its blocks and text width)."""
+    condition: ConditionKind
+    default_scale: float
+    """Where ``/controlnet/scale`` starts (the authors' or a known demo's default)."""
+
+
+_CONTROLNETS = (
+    ControlNetSpec(
+        name="sdxs-sketch",
+        description="SDXS-512-DreamShaper sketch ControlNet, by the SDXS authors: dark strokes "
+        "on white, here the input's edges drawn that way.",
+        hub_id="IDKiro/sdxs-512-dreamshaper-sketch",
+        models=("sdxs-512-dreamshaper",),
+        condition="sketch",
+        default_scale=0.8,
+    ),
+    ControlNetSpec(
+        name="sd21-canny",
+        description="SD 2.1 canny ControlNet (thibaud), as real-time SD-Turbo demos pair it.",
+        hub_id="thibaud/controlnet-sd21-canny-diffusers",
+        models=("sd-turbo",),
+        condition="canny",
+        default_scale=0.5,
+    ),
+)
+
+CONTROLNETS: Mapping[str, ControlNetSpec] = MappingProxyType({c.name: c for c in _CONTROLNETS})
+"""Known ControlNets by name (``--controlnet NAME``); a hub id or folder also works."""
+
+
+def controlnets_for(model: str) -> tuple[ControlNetSpec, ...]:
+    """The known ControlNets that fit ``model`` (none for sdxs-512-0.9: see docs/models.md)."""
+    return tuple(c for c in _CONTROLNETS if model in c.models)

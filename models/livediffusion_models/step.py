@@ -10,7 +10,8 @@ One frame, top to bottom::
     latents  = TAESD.encode(image)
     clean    = lerp(latents, previous x0, feedback)          # latent feedback
     noisy    = sqrt(a_t) * clean + sqrt(1 - a_t) * noise     # fixed noise per seed
-    eps      = UNet(noisy, t, prompt embedding)
+    eps      = UNet(noisy, t, prompt embedding,
+                    [scale * ControlNet(noisy, t, prompt, edges(image))])   # optional
     x0       = (noisy - sqrt(1 - a_t) * eps) / sqrt(a_t)     # one step straight to x0
     decoded  = TAESD.decode(x0)
     smoothed = lerp(decoded, previous output, smoothing)    # EMA on the output
@@ -19,6 +20,13 @@ One frame, top to bottom::
 With feedback, smoothing and blend at 0 this is exactly diffusers' img2img with one Euler step
 (``strength=1`` -> ``t=999``) and no guidance: Euler's scaled input ``(x + sigma * n) /
 sqrt(sigma^2 + 1)`` equals ``sqrt(a_t) * x + sqrt(1 - a_t) * n``, and its one step lands on x0.
+
+With a ControlNet, its condition (edges of the input frame, :mod:`livediffusion_models.condition`)
+is computed inside the step too, and its residuals are scaled by the ``CONTROLNET_SCALE`` column
+of ``controls``: a live value like strength, captured in the same graph, where 0 adds exactly
+nothing (the frame equals the step without a ControlNet). A ControlNet's start/end fractions
+do not apply: one step is both the first and the last, so they could only switch it fully on
+or off, which the scale already does.
 
 Two of the inputs glide: the prompt embedding is ``lerp(embeds_from, embeds_to, prompt_mix)``,
 and the noise is ``cos * noise_from + sin * noise_to`` (variance stays 1 while the seed changes),
@@ -54,6 +62,7 @@ class Control(IntEnum):
     PROMPT_MIX = 6
     NOISE_FROM = 7  # cos of the seed glide angle
     NOISE_TO = 8  # sin of the seed glide angle
+    CONTROLNET_SCALE = 9  # how much of the ControlNet's residuals the UNet gets; 0 = none
 
 
 NUM_CONTROLS = len(Control)
@@ -78,10 +87,18 @@ def _lerp(start: torch.Tensor, end: torch.Tensor, weight: torch.Tensor) -> torch
 class FrameStep(nn.Module):
     """UNet + TAESD (AutoencoderTiny) for one frame; see the module docstring for the math."""
 
-    def __init__(self, unet: Any, vae: Any) -> None:
+    def __init__(self, unet: Any, vae: Any, controlnet: Any = None, condition: Any = None) -> None:
+        """``controlnet``: a diffusers ``ControlNetModel`` fitting ``unet``, or None;
+        ``condition``: the module making its condition from the frame (default canny edges)."""
         super().__init__()
         self.unet = unet
         self.vae = vae
+        self.controlnet = controlnet
+        if controlnet is not None and condition is None:
+            from livediffusion_models.condition import EdgeCondition
+
+            condition = EdgeCondition("canny")
+        self.condition: Any = condition if controlnet is not None else None
         self.scaling_factor = float(vae.config.scaling_factor)
 
     def forward(
@@ -116,10 +133,38 @@ class FrameStep(nn.Module):
         latents = self.vae.encode(image).latents * self.scaling_factor
         clean = _lerp(latents, previous_x0, per_image(Control.FEEDBACK))
         noisy = (sqrt_alpha * clean + sqrt_one_minus_alpha * noise).to(dtype)
-        eps = self.unet(noisy, timestep, encoder_hidden_states=embeds, return_dict=False)[0]
+        residuals = self._control(
+            image, noisy, timestep, embeds, per_image(Control.CONTROLNET_SCALE)
+        )
+        eps = self.unet(
+            noisy, timestep, encoder_hidden_states=embeds, return_dict=False, **residuals
+        )[0]
         x0 = ((noisy - sqrt_one_minus_alpha * eps) / sqrt_alpha).to(dtype)
 
         decoded = self.vae.decode(x0 / self.scaling_factor).sample.clamp(-1.0, 1.0)
         smoothed = _lerp(decoded, previous_output, per_image(Control.SMOOTHING)).to(dtype)
         output = _lerp(smoothed, image, per_image(Control.BLEND)).to(dtype)
         return output, x0, smoothed
+
+    def _control(
+        self,
+        image: torch.Tensor,
+        noisy: torch.Tensor,
+        timestep: torch.Tensor,
+        embeds: torch.Tensor,
+        scale: torch.Tensor,
+    ) -> dict[str, Any]:
+        """The ControlNet's residuals for the UNet call, scaled per stream; none without one."""
+        if self.controlnet is None:
+            return {}
+        down, mid = self.controlnet(
+            noisy,
+            timestep,
+            encoder_hidden_states=embeds,
+            controlnet_cond=self.condition(image),
+            return_dict=False,
+        )
+        return {
+            "down_block_additional_residuals": [(r * scale).to(r.dtype) for r in down],
+            "mid_block_additional_residual": (mid * scale).to(mid.dtype),
+        }

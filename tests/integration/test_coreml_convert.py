@@ -23,7 +23,7 @@ from livediffusion_models.coreml import VARIANTS, Precision, Target, Variant
 from livediffusion_models.coreml.cache import ConvertedModel
 from livediffusion_models.coreml.convert import convert, export_program
 from livediffusion_models.coreml.programs import STATE_NAMES, build_programs
-from livediffusion_models.step import STEP_OUTPUTS, FrameStep, step_inputs
+from livediffusion_models.step import NUM_CONTROLS, STEP_OUTPUTS, FrameStep, step_inputs
 from tinymodel import TINY_EMBED_DIM, TINY_SIZE, make_tiny_family
 
 ct = pytest.importorskip("coremltools", reason="Core ML conversion needs coremltools")
@@ -111,7 +111,7 @@ def test_each_family_converts_with_the_declared_interface(
         assert inputs["image"] == (IMAGE, FLOAT32)
         assert inputs["noise_from"] == (LATENT, FLOAT32)
         assert inputs["embeds_to"] == (EMBEDS, FLOAT32)
-        assert inputs["controls"] == ((9,), FLOAT32)
+        assert inputs["controls"] == ((NUM_CONTROLS,), FLOAT32)
         assert outputs == {
             "output": (IMAGE, FLOAT16),
             "x0": (LATENT, FLOAT16),

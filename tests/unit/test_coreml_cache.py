@@ -43,6 +43,9 @@ OTHER_VALUES = {
     "stateful": False,
     "coremltools": "9.1",
     "code": "0000000000000000",
+    "loras": (("0123456789abcdef", 0.8),),
+    "styles": True,
+    "controlnet": "fedcba9876543210:sketch",
 }
 
 

@@ -18,6 +18,7 @@ import numpy as np
 import numpy.typing as npt
 
 from livediffusion_models.imaging import FitMode
+from livediffusion_models.lora import WeightChange
 
 if TYPE_CHECKING:
     import torch
@@ -92,6 +93,9 @@ class FrameParams:
     seed_mix: float = 1.0
     morph: float = 0.0
     """Prompt A -> B in embedding space (0 = A); ignored until a B prompt was set."""
+    controlnet_scale: float = 1.0
+    """How much the ControlNet steers (``/controlnet/scale``, 0..2, 0 = as if none); ignored
+    without a ControlNet. Per stream, like every value here."""
 
 
 class Backend(abc.ABC):
@@ -111,6 +115,37 @@ class Backend(abc.ABC):
     def streams(self) -> int:
         """How many streams this backend holds state for (1 unless built for more)."""
         return 1
+
+    @property
+    def loras(self) -> tuple[str, ...]:
+        """The LoRAs on the model, by name, in ``/lora/N`` order (N counts from 0).
+
+        LoRA weights are global to the model: every stream shares the one UNet, so a weight
+        change shows in every stream.
+        """
+        return ()
+
+    @property
+    def lora_weights(self) -> tuple[float, ...]:
+        """The weight each LoRA runs at now (what ``/status`` echoes)."""
+        return ()
+
+    @property
+    def lora_weights_live(self) -> bool:
+        """Whether any weight can be set (torch), or only the baked styles (Core ML: a
+        weight vector picks the nearest baked style, a cut rather than a crossfade)."""
+        return False
+
+    def set_lora_weights(self, weights: Sequence[float]) -> WeightChange:
+        """Set every LoRA's weight (``/lora/N/on 0`` is weight 0); from the frame thread,
+        between frames, like ``set_prompt``. Unchanged weights cost nothing.
+
+        When the result says ``reencode_prompts``, a LoRA on the text encoder changed: encode
+        the current prompts again and ``set_prompt`` them (``from_mix=1``).
+        """
+        if len(weights) != len(self.loras):
+            raise ValueError(f"{len(weights)} LoRA weights for {len(self.loras)} LoRAs")
+        return WeightChange(applied=False, reencode_prompts=False)
 
     @property
     @abc.abstractmethod

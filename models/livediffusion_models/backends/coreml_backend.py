@@ -25,7 +25,7 @@ copied into the next frame's feed: two more copies in and out, which states remo
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -43,10 +43,15 @@ from livediffusion_models.backends.base import (
 )
 from livediffusion_models.backends.inputs import StepInputs, StepInputsBackend, TextEncoder
 from livediffusion_models.backends.torch_backend import resolve_device
+from livediffusion_models.controlnet import LoadedControlNet
 from livediffusion_models.coreml import CoreMLSettings, Variant
 from livediffusion_models.coreml.cache import ConvertedModel
 from livediffusion_models.coreml.runtime import Program
+from livediffusion_models.coreml.styles import Style, nearest_style, plan_styles
 from livediffusion_models.imaging import Geometry, plan_geometry, to_model, to_pixels
+from livediffusion_models.lora import WeightChange
+from livediffusion_models.lora.read import WeightedLora
+from livediffusion_models.lora.stack import LoraStack
 from livediffusion_models.schedule import NoiseSchedule
 from livediffusion_models.step import FrameStep
 
@@ -61,6 +66,13 @@ Float32 = npt.NDArray[np.float32]
 @dataclass(frozen=True, slots=True, kw_only=True)
 class CoreMLOptions(BackendOptions):
     coreml: CoreMLSettings = field(default_factory=CoreMLSettings)
+    loras: tuple[WeightedLora, ...] = ()
+    """Baked into the program at their weights (part of the cache key); see ``lora_styles``."""
+    lora_styles: bool = False
+    """One program function per LoRA (and one without), switched live by
+    ``set_lora_weights`` (nearest baked style); needs the macOS15 target."""
+    controlnet: LoadedControlNet | None = None
+    """Converted into the fused step; ``FrameParams.controlnet_scale`` stays live."""
     text_device: str = "auto"
     """Torch device of the text encoder (``resolve_device``): auto is mps on a Mac, else cpu."""
     cache_dir: str | None = None
@@ -161,6 +173,7 @@ class CoreMLBackend(StepInputsBackend):
         self.text = TextEncoder(
             components.text_encoder, components.tokenizer, device=text_device, tokens=embed_shape[1]
         )
+        self._init_loras(components, converted, options)
         height, width = self._size
         self.inputs = StepInputs(
             latent_shape=(latent_shape[0], latent_shape[1], latent_shape[2], latent_shape[3]),
@@ -181,7 +194,9 @@ class CoreMLBackend(StepInputsBackend):
         self._frame_step: FrameStep | None = None
         self._feed: dict[str, Float32] = {}
         if key.variant == "fused":
-            step = self._programs["step"]
+            step = self._step
+            if step is None:
+                raise ValueError("the fused variant needs its step program")
             views = {
                 "image": self._image.numpy(),
                 "noise_from": self.inputs.noise_from.numpy(),
@@ -226,6 +241,9 @@ class CoreMLBackend(StepInputsBackend):
             target=settings.target,
             variant=settings.variant,
             stateful=settings.states,
+            loras=options.loras,
+            styles=options.lora_styles,
+            controlnet=options.controlnet,
             cache_dir=options.cache_dir,
         )
         programs = load_programs(converted, settings=settings)
@@ -234,6 +252,59 @@ class CoreMLBackend(StepInputsBackend):
     @property
     def model_size(self) -> tuple[int, int]:
         return self._size
+
+    # -- LoRAs: baked into the program; styles switch between its functions ---------------
+
+    def _init_loras(
+        self, components: ModelComponents, converted: ConvertedModel, options: CoreMLOptions
+    ) -> None:
+        baked = tuple((choice.lora.digest, float(choice.weight)) for choice in options.loras)
+        if baked != converted.key.loras:
+            raise ValueError("the programs were converted with other LoRAs than these")
+        self._lora_names = tuple(choice.lora.name for choice in options.loras)
+        self._styles: dict[str, Style] = {}
+        step = converted.programs.get("step")
+        plan = plan_styles(options.loras, bool(step and step.functions))
+        if step is not None and step.functions:
+            self._styles = {style.name: style for style in plan}
+        start = nearest_style(plan, [choice.weight for choice in options.loras])
+        self._style = start
+        self._step: Program | None = self._programs.get(
+            f"step/{start.name}" if start.name else "step"
+        )
+        # the text encoder runs in torch: a LoRA's text-encoder layers are applied here
+        self._text_loras = LoraStack(
+            text_encoder=components.text_encoder, only="text_encoder", text_lock=self.text.lock
+        )
+        for choice, weight in zip(options.loras, start.weights, strict=True):
+            self._text_loras.add(choice.lora, weight=weight)
+
+    @property
+    def loras(self) -> tuple[str, ...]:
+        return self._lora_names
+
+    @property
+    def lora_weights(self) -> tuple[float, ...]:
+        return self._style.weights
+
+    @property
+    def lora_weights_live(self) -> bool:
+        return False
+
+    def set_lora_weights(self, weights: Sequence[float]) -> WeightChange:
+        """With styles: switch to the baked style nearest ``weights`` (a cut, from the next
+        frame; the temporal state carries over). Without: the one baked mix stays."""
+        if len(weights) != len(self._lora_names):
+            raise ValueError(f"{len(weights)} LoRA weights for {len(self._lora_names)} LoRAs")
+        if not self._styles:
+            return WeightChange(applied=False, reencode_prompts=False)
+        style = nearest_style(list(self._styles.values()), weights)
+        if style == self._style:
+            return WeightChange(applied=False, reencode_prompts=False)
+        self._style = style
+        self._step = self._programs[f"step/{style.name}"]
+        text = self._text_loras.set_weights(style.weights)
+        return WeightChange(applied=True, reencode_prompts=text.reencode_prompts)
 
     # -- prompts and seeds -------------------------------------------------------------
 
@@ -273,7 +344,9 @@ class CoreMLBackend(StepInputsBackend):
         to_pixels(self._result, geometry, out=torch.from_numpy(out))
 
     def _run_fused(self) -> None:
-        result = self._programs["step"].predict(self._feed, state=self._state)
+        step = self._step
+        assert step is not None  # fused: checked when built
+        result = step.predict(self._feed, state=self._state)
         if not self.stateful:
             np.copyto(self._feed["previous_x0"], result["x0"])
             np.copyto(self._feed["previous_output"], result["smoothed"])

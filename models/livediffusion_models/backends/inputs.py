@@ -20,7 +20,14 @@ from livediffusion_models.backends.base import Backend, Embedding, FrameParams, 
 from livediffusion_models.schedule import NoiseSchedule
 from livediffusion_models.step import NUM_CONTROLS, Control
 
-__all__ = ["StepInputs", "StepInputsBackend", "TextEncoder", "clamp01", "seed_weights"]
+__all__ = [
+    "StepInputs",
+    "StepInputsBackend",
+    "TextEncoder",
+    "clamp",
+    "clamp01",
+    "seed_weights",
+]
 
 
 class StepInputs:
@@ -213,6 +220,7 @@ class StepInputs:
             row[Control.PROMPT_MIX] = clamp01(values.prompt_mix)
             row[Control.NOISE_FROM] = cos
             row[Control.NOISE_TO] = sin
+            row[Control.CONTROLNET_SCALE] = clamp(values.controlnet_scale, 0.0, 2.0)
             self.fresh[stream] = False
         if self._controls_rows is not self._controls_host:
             self._controls_rows.copy_(self._controls_host, non_blocking=True)
@@ -293,6 +301,12 @@ class TextEncoder:
         self.tokens = tokens
         self._lock = threading.Lock()
 
+    @property
+    def lock(self) -> threading.Lock:
+        """Held while encoding; a text-encoder LoRA change holds it too, so an encoding
+        never sees half-rewritten weights."""
+        return self._lock
+
     @torch.inference_mode()
     def encode(self, text: str) -> Embedding:
         ids = self.tokenizer(
@@ -309,7 +323,12 @@ class TextEncoder:
 
 def clamp01(value: float) -> float:
     """Clamp to [0, 1]; NaN becomes 0 (a control value never poisons the picture)."""
-    return 0.0 if not value > 0.0 else min(value, 1.0)
+    return clamp(value, 0.0, 1.0)
+
+
+def clamp(value: float, low: float, high: float) -> float:
+    """Clamp to [low, high]; NaN becomes ``low``."""
+    return low if not value > low else min(value, high)
 
 
 def seed_weights(mix: float) -> tuple[float, float]:

@@ -41,16 +41,32 @@ from livediffusion_models.backends.cuda_graph import (
     use_compile_cache,
 )
 from livediffusion_models.backends.inputs import StepInputs, StepInputsBackend, TextEncoder
+from livediffusion_models.condition import condition_for
+from livediffusion_models.controlnet import LoadedControlNet
 from livediffusion_models.errors import NonFiniteFrameError
 from livediffusion_models.imaging import Geometry, plan_geometry, to_model, to_pixels
+from livediffusion_models.lora import WeightChange
+from livediffusion_models.lora.peft_runtime import PeftLoraStack
+from livediffusion_models.lora.read import WeightedLora
+from livediffusion_models.lora.stack import LoraStack
 from livediffusion_models.schedule import NoiseSchedule
 from livediffusion_models.step import NUM_CONTROLS, FrameStep
 
-__all__ = ["RunMode", "TorchBackend", "TorchOptions", "resolve_device", "resolve_dtype"]
+__all__ = [
+    "LORA_RUNTIMES",
+    "LoraRuntime",
+    "RunMode",
+    "TorchBackend",
+    "TorchOptions",
+    "resolve_device",
+    "resolve_dtype",
+]
 
 log = logging.getLogger(__name__)
 
 RunMode: TypeAlias = Literal["eager", "compiled", "graph"]
+LoraRuntime: TypeAlias = Literal["in-place", "peft"]
+LORA_RUNTIMES: tuple[LoraRuntime, ...] = ("in-place", "peft")
 
 _DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 
@@ -112,6 +128,14 @@ class TorchOptions(BackendOptions):
     """Where torch.compile keeps its artifacts between runs (None: torch's own choice)."""
     streams: int = 1
     """How many streams run through the model as one batch, each with its own state."""
+    loras: tuple[WeightedLora, ...] = ()
+    """LoRAs read and checked (``lora.read.read_loras``), at their starting weights."""
+    controlnet: LoadedControlNet | None = None
+    """A ControlNet checked against the UNet (``controlnet.load_controlnet``); its condition
+    is made from each frame inside the step, its scale is ``FrameParams.controlnet_scale``."""
+    lora_runtime: LoraRuntime = "in-place"
+    """``in-place``: weights rewritten on a change, nothing per frame (the default);
+    ``peft``: unfused adapters, a tiny write per change, LoRA branches every frame (to measure)."""
 
 
 @dataclass
@@ -148,11 +172,18 @@ class TorchBackend(StepInputsBackend):
             raise ValueError(f"model size {width}x{height} must be a multiple of {scale * 4}")
         self._size = (height, width)
 
-        for module in (unet, vae, text_encoder):
+        control = options.controlnet
+        controlnet = control.controlnet if control is not None else None
+        for module in (unet, vae, text_encoder, controlnet):
+            if module is None:
+                continue
             if module.dtype != dtype:  # diffusers warns on every dtype cast, even a no-op
                 module.to(dtype=dtype)
             module.to(device=self.device).eval().requires_grad_(False)
-        self.frame_step = FrameStep(unet, vae)
+        condition = None
+        if control is not None:
+            condition = condition_for(control.condition, self._size).to(self.device)
+        self.frame_step = FrameStep(unet, vae, controlnet, condition)
         self.mode: RunMode = "eager"
         self._compile: CompileMode = options.compile
         if options.compile != "off" and self.device.type != "cuda":
@@ -161,6 +192,8 @@ class TorchBackend(StepInputsBackend):
             self._compile = "off"
         if self._compile != "off":
             prepare_modules(unet, vae)
+            if controlnet is not None:
+                controlnet.to(memory_format=torch.channels_last)
             if options.compile_cache is not None:
                 use_compile_cache(options.compile_cache)
             self.mode = "graph" if options.graph else "compiled"
@@ -171,6 +204,13 @@ class TorchBackend(StepInputsBackend):
         latent_shape = (streams, int(unet.config.in_channels), height // scale, width // scale)
         max_length = int(getattr(tokenizer, "model_max_length", 77))
         self.text = TextEncoder(text_encoder, tokenizer, device=self.device, tokens=max_length)
+        # after the modules' final device, dtype and layout, before anything compiles
+        runtime = LoraStack if options.lora_runtime == "in-place" else PeftLoraStack
+        self._loras: LoraStack | PeftLoraStack = runtime(
+            unet=unet, text_encoder=text_encoder, text_lock=self.text.lock
+        )
+        for choice in options.loras:
+            self._loras.add(choice.lora, weight=choice.weight)
         self.inputs = StepInputs(
             latent_shape=latent_shape,
             embed_shape=(streams, max_length, int(unet.config.cross_attention_dim)),
@@ -227,6 +267,29 @@ class TorchBackend(StepInputsBackend):
 
     def encode_prompt(self, text: str) -> Embedding:
         return self.text.encode(text).to(self.dtype)
+
+    # -- LoRAs ---------------------------------------------------------------------------
+
+    @property
+    def loras(self) -> tuple[str, ...]:
+        return self._loras.names
+
+    @property
+    def lora_weights(self) -> tuple[float, ...]:
+        return self._loras.weights
+
+    @property
+    def lora_weights_live(self) -> bool:
+        return True
+
+    @property
+    def lora_memory_bytes(self) -> int:
+        """Device memory the LoRAs take (bases and deltas in place; factors with peft)."""
+        return self._loras.memory_bytes()
+
+    def set_lora_weights(self, weights: Sequence[float]) -> WeightChange:
+        with self._device():
+            return self._loras.set_weights(weights)
 
     # -- frames --------------------------------------------------------------------------
 

@@ -4,8 +4,10 @@ One folder per conversion under ``<cache>/coreml/<model>/``, named for people
 (``512x512-fp16-macOS15-fused-state-<digest>``) and checked by machine: its ``manifest.json``
 holds the whole :class:`ConversionKey`, and an entry loads only when that key equals the one
 asked for. The key covers everything that changes the program: the model, a fingerprint of
-its weights, size, precision, target, variant, states, the coremltools version and a digest
-of the code that builds the programs (so a change to the frame-step math re-converts).
+its weights, size, precision, target, variant, states, the LoRAs baked in (each file's digest
+and weight) and whether they are styles (one function each), the ControlNet (its weights'
+fingerprint and condition), the coremltools version and a digest of the code that builds the
+programs (so a change to the frame-step math re-converts).
 
 A conversion is written into a hidden ``.tmp-`` sibling and renamed into place only once the
 manifest is written last, so a killed conversion never leaves a folder that looks complete.
@@ -40,7 +42,14 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
-_CODE_FILES = ("step.py", "coreml/programs.py", "coreml/convert.py")
+_CODE_FILES = (
+    "step.py",
+    "condition.py",
+    "coreml/programs.py",
+    "coreml/convert.py",
+    "lora/read.py",
+    "lora/stack.py",
+)
 
 
 def coreml_cache_dir(explicit: str | os.PathLike[str] | None = None) -> Path:
@@ -72,10 +81,17 @@ class ConversionKey:
     stateful: bool
     coremltools: str
     code: str
+    loras: tuple[tuple[str, float], ...] = ()
+    """(file digest, weight) of each LoRA baked into the UNet, in ``--lora`` order."""
+    styles: bool = False
+    """One program function per LoRA (and one without) instead of one baked mix."""
+    controlnet: str = ""
+    """``<fingerprint>:<condition>`` of the ControlNet in the fused step; "" for none."""
 
     def as_json(self) -> dict[str, Any]:
         data = asdict(self)
         data["size"] = list(self.size)
+        data["loras"] = [[digest, weight] for digest, weight in self.loras]
         return data
 
     def digest(self) -> str:
@@ -85,8 +101,14 @@ class ConversionKey:
     def folder_name(self) -> str:
         height, width = self.size
         state = "-state" if self.stateful else ""
+        extras = ""
+        if self.loras:
+            extras += f"-{'styles' if self.styles else 'lora'}{len(self.loras)}"
+        if self.controlnet:
+            extras += "-controlnet"
         return (
-            f"{width}x{height}-{self.precision}-{self.target}-{self.variant}{state}-{self.digest()}"
+            f"{width}x{height}-{self.precision}-{self.target}-{self.variant}{state}{extras}-"
+            f"{self.digest()}"
         )
 
     def folder(self, explicit: str | os.PathLike[str] | None = None) -> Path:
@@ -102,6 +124,8 @@ class ConvertedProgram:
     inputs: Mapping[str, tuple[int, ...]]
     outputs: tuple[str, ...]
     states: Mapping[str, tuple[int, ...]]
+    functions: tuple[str, ...] = ()
+    """A multifunction program's functions (the first is its default); () for one."""
 
     @property
     def compiled(self) -> Path:
@@ -125,6 +149,7 @@ def _programs_from_manifest(folder: Path, data: Mapping[str, Any]) -> dict[str, 
             inputs={k: tuple(v) for k, v in entry["inputs"].items()},
             outputs=tuple(entry["outputs"]),
             states={k: tuple(v) for k, v in entry["states"].items()},
+            functions=tuple(entry.get("functions", ())),
         )
     return programs
 
@@ -179,6 +204,7 @@ def commit_entry(
                     "inputs": {k: list(v) for k, v in program.inputs.items()},
                     "outputs": list(program.outputs),
                     "states": {k: list(v) for k, v in program.states.items()},
+                    "functions": list(program.functions),
                 }
                 for name, program in programs.items()
             },

@@ -11,18 +11,24 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
 import torch
 
+from livediffusion_models.condition import condition_for
 from livediffusion_models.coreml import CoreMLSettings
 from livediffusion_models.coreml.cache import ConvertedModel
 from livediffusion_models.coreml.programs import ProgramSpec, TensorSpec, build_programs
 from livediffusion_models.coreml.runtime import Program
+from livediffusion_models.coreml.styles import baked_unet, plan_styles
 from livediffusion_models.step import STEP_OUTPUTS, Control, FrameStep, step_inputs
+
+if TYPE_CHECKING:
+    from livediffusion_models.controlnet import LoadedControlNet
+    from livediffusion_models.lora.read import WeightedLora
 
 __all__ = ["compare_converted", "compare_with_torch", "psnr"]
 
@@ -49,11 +55,40 @@ def _feed(spec: ProgramSpec, values: tuple[torch.Tensor, ...]) -> dict[str, Any]
 
 @torch.inference_mode()
 def compare_converted(
-    components: Any, converted: ConvertedModel, programs: Mapping[str, Program]
+    components: Any,
+    converted: ConvertedModel,
+    programs: Mapping[str, Program],
+    *,
+    loras: Sequence[WeightedLora] = (),
+    controlnet: LoadedControlNet | None = None,
 ) -> dict[str, float]:
-    """PSNR (dB) of each loaded program of ``converted`` against its torch module."""
+    """PSNR (dB) of each loaded program of ``converted`` against its torch module.
+
+    ``loras`` and ``controlnet`` must be what it was converted with: the torch side bakes the
+    same LoRA mix (for styles, the default function's: no LoRA) into ``components``' UNet for
+    the comparison (restored afterwards), and runs the same ControlNet and condition.
+    """
+    key = converted.key
+    if tuple((c.lora.digest, float(c.weight)) for c in loras) != key.loras:
+        raise ValueError("compare with the LoRAs the programs were converted with")
+    fingerprint = f"{controlnet.fingerprint}:{controlnet.condition}" if controlnet else ""
+    if fingerprint != key.controlnet:
+        raise ValueError("compare with the ControlNet the programs were converted with")
+    with baked_unet(components.unet, loras) as bake:
+        bake(plan_styles(loras, key.styles)[0])
+        return _compare(components, converted, programs, controlnet)
+
+
+def _compare(
+    components: Any,
+    converted: ConvertedModel,
+    programs: Mapping[str, Program],
+    controlnet: LoadedControlNet | None,
+) -> dict[str, float]:
     key = converted.key
     tokens = int(getattr(components.tokenizer, "model_max_length", 77))
+    control = controlnet.controlnet if controlnet is not None else None
+    condition = condition_for(controlnet.condition, key.size) if controlnet else None
     specs = build_programs(
         components.unet,
         components.vae,
@@ -61,6 +96,8 @@ def compare_converted(
         tokens=tokens,
         variant=key.variant,
         stateful=key.stateful,
+        controlnet=control,
+        condition=condition,
     )
     results: dict[str, float] = {}
     if key.variant == "stages":
@@ -73,7 +110,7 @@ def compare_converted(
 
     # fused: two frames, the second with feedback and smoothing reading the first's state
     (spec,) = specs
-    step = FrameStep(components.unet, components.vae)
+    step = FrameStep(components.unet, components.vae, control, condition)
     shapes = {t.name: t.shape for t in (*spec.inputs, *spec.states)}
     names = step_inputs()
     reference = ProgramSpec(

@@ -31,9 +31,9 @@ import shutil
 import sys
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from livediffusion_models.coreml import (
     Precision,
@@ -51,6 +51,11 @@ from livediffusion_models.coreml.cache import (
     find_converted,
 )
 from livediffusion_models.coreml.programs import ProgramSpec, build_programs
+from livediffusion_models.coreml.styles import baked_unet, merge_functions, plan_styles
+
+if TYPE_CHECKING:
+    from livediffusion_models.controlnet import LoadedControlNet
+    from livediffusion_models.lora.read import WeightedLora
 
 __all__ = [
     "compile_programs",
@@ -72,10 +77,22 @@ def default_stateful(variant: Variant, precision: Precision, target: Target) -> 
 
 
 def resolve_stateful(
-    variant: Variant, precision: Precision, target: Target, stateful: bool | None
+    variant: Variant,
+    precision: Precision,
+    target: Target,
+    stateful: bool | None,
+    *,
+    styles: bool = False,
 ) -> bool:
     """Whether the programs keep Core ML states: None = wherever allowed; True where not
     allowed is an error, said before any weights are loaded."""
+    if styles:
+        if stateful:
+            raise ValueError(
+                "Core ML states belong to one loaded function each, so LoRA styles run "
+                "without them: use --states off (or auto) with LoRA styles"
+            )
+        return False
     if stateful is None:
         return default_stateful(variant, precision, target)
     if stateful and not default_stateful(variant, "fp16", target):
@@ -94,7 +111,19 @@ def conversion_key(
     target: Target,
     variant: Variant,
     stateful: bool | None = None,
+    loras: Sequence[WeightedLora] = (),
+    styles: bool = False,
+    controlnet: LoadedControlNet | None = None,
 ) -> ConversionKey:
+    if styles and not loras:
+        raise ValueError("LoRA styles need at least one --lora")
+    if styles and (variant != "fused" or target != "macOS15"):
+        raise ValueError(
+            "LoRA styles are one multifunction program, which needs --variant fused and "
+            "--target macOS15 (macOS 15 runs it); without styles the LoRAs are baked as one mix"
+        )
+    if controlnet is not None and variant != "fused":
+        raise ValueError("a ControlNet converts into the fused program only: --variant fused")
     return ConversionKey(
         model=model,
         weights=fingerprint,
@@ -102,9 +131,12 @@ def conversion_key(
         precision=precision,
         target=target,
         variant=variant,
-        stateful=resolve_stateful(variant, precision, target, stateful),
+        stateful=resolve_stateful(variant, precision, target, stateful, styles=styles),
         coremltools=require_coremltools(),
         code=code_digest(),
+        loras=tuple((choice.lora.digest, float(choice.weight)) for choice in loras),
+        styles=styles,
+        controlnet=f"{controlnet.fingerprint}:{controlnet.condition}" if controlnet else "",
     )
 
 
@@ -164,6 +196,9 @@ def convert(
     target: Target | None = None,
     variant: Variant = "fused",
     stateful: bool | None = None,
+    loras: Sequence[WeightedLora] = (),
+    styles: bool = False,
+    controlnet: LoadedControlNet | None = None,
     cache_dir: str | os.PathLike[str] | None = None,
     force: bool = False,
     compile: bool = True,
@@ -171,6 +206,11 @@ def convert(
 ) -> ConvertedModel:
     """Convert ``components`` (a ``LoadedModel``: unet, vae, tokenizer) unless already cached,
     then (``compile``, on macOS) compile it with :func:`compile_programs`.
+
+    ``loras`` are baked into the UNet's weights at their weights (one mix), or with ``styles``
+    as one function each (:mod:`~livediffusion_models.coreml.styles`); the components' own
+    weights are restored afterwards. ``controlnet`` goes into the fused step with its
+    condition. All three are part of the cache key.
 
     ``target`` None is ``--target auto``: a cached conversion for any target this machine runs
     (:func:`~livediffusion_models.coreml.runnable_targets`, newest first) is used as it is, so
@@ -193,6 +233,9 @@ def convert(
                     target=candidate,
                     variant=variant,
                     stateful=stateful,
+                    loras=loras,
+                    styles=styles,
+                    controlnet=controlnet,
                 )
             )
         except ValueError as exc:  # e.g. --states on: not for a macOS14 candidate
@@ -215,37 +258,64 @@ def convert(
     key = keys[0]
 
     unet, vae = components.unet, components.vae
-    for module in (unet, vae):
+    control = controlnet.controlnet if controlnet is not None else None
+    for module in (unet, vae, control):
+        if module is None:
+            continue
         if module.dtype != torch.float32 or module.device.type != "cpu":
             # nn.Module.to: diffusers' own .to warns on every cast, even with nothing to keep
             torch.nn.Module.to(module, device="cpu", dtype=torch.float32)
         module.eval().requires_grad_(False)
     tokens = int(getattr(components.tokenizer, "model_max_length", 77))
+    condition = None
+    if controlnet is not None:
+        from livediffusion_models.condition import condition_for
+
+        condition = condition_for(controlnet.condition, size)
     programs = build_programs(
-        unet, vae, size=size, tokens=tokens, variant=variant, stateful=key.stateful
+        unet,
+        vae,
+        size=size,
+        tokens=tokens,
+        variant=variant,
+        stateful=key.stateful,
+        controlnet=control,
+        condition=condition,
     )
+    plan = plan_styles(loras, styles)
 
     def write(folder: Path) -> dict[str, ConvertedProgram]:
         written = {}
-        for number, program in enumerate(programs, start=1):
-            started = time.monotonic()
-            progress(
-                f"[{number}/{len(programs)}] converting {program.name} "
-                f"({key.precision}, {key.target}{', states' if program.states else ''}): "
-                "torch.export, then coremltools; minutes for a full-size UNet"
-            )
-            mlmodel = _convert_one(program, precision=key.precision, target=key.target)
-            package = folder / f"{program.name}.mlpackage"
-            mlmodel.save(str(package))
-            written[program.name] = ConvertedProgram(
-                name=program.name,
-                package=package,
-                inputs={t.name: t.shape for t in program.inputs},
-                outputs=program.outputs,
-                states={t.name: t.shape for t in program.states},
-            )
-            seconds = time.monotonic() - started
-            progress(f"[{number}/{len(programs)}] {program.name} done in {seconds:.0f} s")
+        with baked_unet(unet, loras) as bake:
+            for number, program in enumerate(programs, start=1):
+                started = time.monotonic()
+                package = folder / f"{program.name}.mlpackage"
+                parts = []
+                for style in plan:
+                    bake(style)
+                    what = f"{program.name} ({style.name})" if style.name else program.name
+                    progress(
+                        f"[{number}/{len(programs)}] converting {what} "
+                        f"({key.precision}, {key.target}{', states' if program.states else ''}"
+                        "): torch.export, then coremltools; minutes for a full-size UNet"
+                    )
+                    mlmodel = _convert_one(program, precision=key.precision, target=key.target)
+                    part = package if not style.name else folder / f".{style.name}.mlpackage"
+                    mlmodel.save(str(part))
+                    parts.append((style.name, part))
+                if styles:
+                    progress(f"merging {len(parts)} styles into one package (shared weights)")
+                    merge_functions(parts, package)
+                written[program.name] = ConvertedProgram(
+                    name=program.name,
+                    package=package,
+                    inputs={t.name: t.shape for t in program.inputs},
+                    outputs=program.outputs,
+                    states={t.name: t.shape for t in program.states},
+                    functions=tuple(style.name for style in plan) if styles else (),
+                )
+                seconds = time.monotonic() - started
+                progress(f"[{number}/{len(programs)}] {program.name} done in {seconds:.0f} s")
         return written
 
     converted = commit_entry(key, write, cache_dir)

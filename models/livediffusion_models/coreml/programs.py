@@ -9,6 +9,12 @@ device between frames instead of crossing into numpy and back twice a frame.
 wraps one module with exactly the call :class:`FrameStep` makes on it, so the Core ML backend
 can hand these programs to an unchanged ``FrameStep`` in place of the torch modules: the glue
 math (feedback, noise, x0, EMA, blend) still runs from the one source of truth.
+
+A ControlNet converts into the fused program only: there the frame goes in and the edges, the
+ControlNet and its scaled residuals all stay inside the one program (the scale is a column of
+``controls``, so it stays live). Split into stages, its residuals (one tensor per skip
+connection, up to 1280 channels each) would cross into numpy and back every frame, and the
+UNet program would need them all as inputs: more copies than the split saves.
 """
 
 from __future__ import annotations
@@ -76,6 +82,7 @@ def _example_controls() -> torch.Tensor:
     controls[Control.BLEND] = 0.0
     controls[Control.PROMPT_MIX] = 1.0
     controls[Control.NOISE_TO] = 1.0
+    controls[Control.CONTROLNET_SCALE] = 1.0
     return controls
 
 
@@ -198,14 +205,22 @@ def build_programs(
     tokens: int,
     variant: Variant,
     stateful: bool = False,
+    controlnet: Any = None,
+    condition: Any = None,
 ) -> list[ProgramSpec]:
-    """The programs of one variant, in the order a frame runs them."""
+    """The programs of one variant, in the order a frame runs them (a ControlNet, with the
+    module making its condition, goes into the fused step)."""
     shape = shapes(unet, vae, size, tokens)
 
     def specs(*names: str) -> tuple[TensorSpec, ...]:
         return tuple(TensorSpec(name, shape[name]) for name in names)
 
     if variant == "stages":
+        if controlnet is not None:
+            raise ValueError(
+                "a ControlNet converts into the fused program only (--variant fused): split "
+                "into stages, its residuals would cross into numpy and back every frame"
+            )
         if stateful:
             raise ValueError("Core ML states are for the fused variant only")
         return [
@@ -220,7 +235,7 @@ def build_programs(
         ]
     if variant != "fused":
         raise ValueError(f"variant must be fused or stages, got {variant!r}")
-    step = FrameStep(unet, vae)
+    step = FrameStep(unet, vae, controlnet, condition)
     if not stateful:
         return [ProgramSpec("step", step, specs(*step_inputs()), STEP_OUTPUTS)]
     module = StatefulStep(step, latent_shape=shape["previous_x0"], image_shape=shape["image"])

@@ -1,9 +1,10 @@
 """Loading converted programs into Core ML (macOS only), behind a small typed interface.
 
 The backend sees a :class:`Program`: ``predict(feed, state=None)`` and ``make_state()``, the
-two calls of coremltools' ``CompiledMLModel`` it uses. Loading always goes through the
-compiled ``.mlmodelc`` (``MLModel(path.mlpackage)`` would compile on every start), with the
-compute units and the optimization hints of :class:`CoreMLSettings`.
+two calls of coremltools' ``CompiledMLModel`` it uses. A multifunction program (LoRA styles)
+is loaded once per function (Core ML's ``functionName``, macOS 15). Loading always goes
+through the compiled ``.mlmodelc`` (``MLModel(path.mlpackage)`` would compile on every
+start), with the compute units and the optimization hints of :class:`CoreMLSettings`.
 
 What ``predict`` really returns (coremltools 9.0): a new dict of new numpy arrays, float32 for
 fp16 and fp32 outputs alike (the native bridge widens fp16, ``convertArrayValueToPython`` in
@@ -88,7 +89,19 @@ def load_programs(
     hints = optimization_hints(settings)
     programs: dict[str, Program] = {}
     for name, program in converted.programs.items():
-        programs[name] = ct.models.CompiledMLModel(
-            str(program.compiled), compute_units=unit, optimization_hints=hints
-        )
+        if not program.functions:
+            programs[name] = ct.models.CompiledMLModel(
+                str(program.compiled), compute_units=unit, optimization_hints=hints
+            )
+            continue
+        # a multifunction program (LoRA styles): each function is loaded as its own model,
+        # "<name>/<function>"; "<name>" is the default (first) function
+        for function in program.functions:
+            programs[f"{name}/{function}"] = ct.models.CompiledMLModel(
+                str(program.compiled),
+                compute_units=unit,
+                function_name=function,
+                optimization_hints=hints,
+            )
+        programs[name] = programs[f"{name}/{program.functions[0]}"]
     return programs
