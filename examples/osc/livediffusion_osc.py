@@ -99,7 +99,7 @@ def show_value(value: object) -> str:
 def canonical(address: str) -> str | None:
     """The address the server reads ``address`` as, or None if it knows none.
 
-    The server's own rule (``livediffusion.controls.canonical_address``): the leading ``/``
+    The server's own rule (``livediffusion.control.controls.canonical_address``): the leading ``/``
     is optional and ``_`` may stand for ``/``, because TouchDesigner's OSC Out CHOP uses
     channel names as addresses (``strength``, ``prompt_mix``).
     """

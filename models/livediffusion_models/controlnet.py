@@ -27,9 +27,9 @@ from typing import Any
 from livediffusion_models.errors import ControlNetMismatchError, ModelError, WeightsNotFoundError
 from livediffusion_models.lora.read import describe_base
 from livediffusion_models.registry import CONTROLNETS, ConditionKind, ModelSpec
+from livediffusion_models.weights.context import RANDOM, TINY, _Context
 from livediffusion_models.weights.files import _check_safetensors, _find_weights, _is_hub_id
 from livediffusion_models.weights.hub import _hub_snapshot, _progress_bars
-from livediffusion_models.weights.plan import RANDOM, TINY, _Context
 
 __all__ = [
     "LoadedControlNet",

@@ -290,8 +290,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _serve_config(args: argparse.Namespace) -> ServeConfig:
     """Defaults, then the --config file, then --preset's look values, then the flags."""
+    from livediffusion.control.presets import PresetFile
     from livediffusion.options import config_from_values, read_config_file
-    from livediffusion.presets import PresetFile
 
     flags = {
         option.key: getattr(args, option.key) for option in OPTIONS if hasattr(args, option.key)
@@ -421,7 +421,7 @@ def _check_config(args: argparse.Namespace) -> ServeConfig:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from livediffusion.bench import format_table, run_bench, run_comparison, write_json
+    from livediffusion.tools.bench import format_table, run_bench, run_comparison, write_json
 
     config = dataclasses.replace(_check_config(args), compile=args.compile)
     if args.compare or args.e2e or args.still is not None or args.plot:
@@ -449,7 +449,7 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def _doctor(args: argparse.Namespace) -> int:
-    from livediffusion.doctor import run_doctor
+    from livediffusion.tools.doctor import run_doctor
 
     return run_doctor(_check_config(args), quick=args.quick)
 
@@ -480,7 +480,7 @@ def _configure_logging(config: ServeConfig, *, verbose: bool) -> None:
 
 
 def _osc(args: argparse.Namespace) -> int:
-    from livediffusion.controls import format_address_table
+    from livediffusion.control.controls import format_address_table
     from livediffusion.options import _prefix
 
     print(format_address_table(_prefix(args.osc_prefix), markdown=args.markdown))
@@ -509,7 +509,7 @@ def _hosts(args: argparse.Namespace) -> int:
 
 
 def _midi(args: argparse.Namespace) -> int:
-    from livediffusion.midi import midi_command
+    from livediffusion.control.midi import midi_command
 
     return midi_command(
         list_ports=args.list, learn=args.learn, port=args.port, seconds=args.seconds
@@ -528,7 +528,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         if args.command == "serve":
-            from livediffusion.server import run_server
+            from livediffusion.run.server import run_server
 
             config = _serve_config(args)
             _configure_logging(config, verbose=args.verbose)
@@ -552,7 +552,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "hosts":
             return _hosts(args)
         if args.command == "soak":
-            from livediffusion.soak import soak_command
+            from livediffusion.tools.soak import soak_command
 
             return soak_command(args)
         return _osc(args)

@@ -10,7 +10,7 @@ import re
 import sys
 from dataclasses import dataclass, field
 
-from livediffusion.controls import Controls
+from livediffusion.control.controls import Controls
 from livediffusion_models.coreml import CoreMLSettings
 from livediffusion_models.imaging import FitMode
 

@@ -28,7 +28,7 @@ else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
 from livediffusion.config import ServeConfig, default_sink, default_source, parse_size
-from livediffusion.controls import (
+from livediffusion.control.controls import (
     CONTROLS,
     FIELD_ADDRESS,
     ControlError,
@@ -140,7 +140,7 @@ def _midi_map(value: object) -> str | None:
     """A shipped map's name or a file, read and checked now rather than after OSC started."""
     text = _optional_text(value)
     if text is not None:
-        from livediffusion.midi import load_map
+        from livediffusion.control.midi import load_map
 
         load_map(text)  # MidiMapError is a ValueError naming the file, entry and value
     return text

@@ -22,9 +22,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from livediffusion.controls import Controls, ControlStore
-from livediffusion.doctor import compare_pictures, quadrant_picture
-from livediffusion.engine import Engine
+from livediffusion.control.controls import Controls, ControlStore
+from livediffusion.run.engine import Engine
+from livediffusion.tools.doctor import compare_pictures, quadrant_picture
 from livediffusion_bridge import Frame, list_sources, open_sink, open_source
 
 pytestmark = [

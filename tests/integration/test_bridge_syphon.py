@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from livediffusion.controls import Controls, ControlStore
-from livediffusion.engine import Engine
+from livediffusion.control.controls import Controls, ControlStore
+from livediffusion.run.engine import Engine
 from livediffusion_bridge import list_sources, open_sink, open_source, pump_events, transports
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]

@@ -23,8 +23,8 @@ from pythonosc.osc_message_builder import OscMessageBuilder
 
 from livediffusion.cli import _serve_config, build_parser
 from livediffusion.config import ServeConfig
-from livediffusion.controls import CONTROLS, Controls
-from livediffusion.server import run_server
+from livediffusion.control.controls import CONTROLS, Controls
+from livediffusion.run.server import run_server
 from livediffusion_bridge import memory
 from loopback import free_udp_port
 

@@ -23,8 +23,8 @@ import pytest
 from livediffusion.backends import build_backend, choose_backend
 from livediffusion.cli import main
 from livediffusion.config import ServeConfig
-from livediffusion.controls import Controls, ControlStore
-from livediffusion.engine import Engine, EngineOptions
+from livediffusion.control.controls import Controls, ControlStore
+from livediffusion.run.engine import Engine, EngineOptions
 from livediffusion_bridge import memory, open_sink, open_source
 from livediffusion_models.backends import FrameParams
 from livediffusion_models.coreml import CoreMLSettings

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from livediffusion.config import ServeConfig
-from livediffusion.doctor import CHECKS, Context, run_checks, run_doctor
+from livediffusion.tools.doctor import CHECKS, Context, run_checks, run_doctor
 from livediffusion_models.coreml import CoreMLSettings
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
@@ -131,7 +131,7 @@ def _coreml_report(world: Any, config: ServeConfig) -> tuple[int, str]:
     """Run doctor's Core ML rows, printed as ``livediffusion doctor`` prints them. The stub
     computes with the torch modules of the tiny model doctor converted (registered as soon as
     its convert row made the packages)."""
-    from livediffusion import doctor
+    from livediffusion.tools import doctor
 
     def convert_then_register(context: Context) -> Any:
         outcome = doctor._check_coreml_convert(context)

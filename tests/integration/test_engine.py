@@ -9,8 +9,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from livediffusion.controls import Controls, ControlStore
-from livediffusion.engine import Engine, EngineOptions
+from livediffusion.control.controls import Controls, ControlStore
+from livediffusion.run.engine import Engine, EngineOptions
 from livediffusion_bridge import memory, open_sink, open_source
 
 pytestmark = pytest.mark.integration
@@ -254,7 +254,7 @@ def test_reset_forgets_feedback_and_smoothing(running: Callable[..., Engine]) ->
 def test_skip_similar_republishes_a_still_input_and_wakes_on_change(
     running: Callable[..., Engine],
 ) -> None:
-    from livediffusion.similarity import SETTLE_FRAMES
+    from livediffusion.run.similarity import SETTLE_FRAMES
 
     engine = running(skip_similar=0.01)
     still = _picture(3)

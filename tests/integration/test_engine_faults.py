@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from faulty import Faulty
-from livediffusion.controls import Controls, ControlStore
-from livediffusion.engine import Engine, EngineOptions
+from livediffusion.control.controls import Controls, ControlStore
+from livediffusion.run.engine import Engine, EngineOptions
 from livediffusion_bridge import FrameSink, TransportError, memory, open_sink, open_source
 from livediffusion_models.backends import FrameParams
 from livediffusion_models.errors import NonFiniteFrameError

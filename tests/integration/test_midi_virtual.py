@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from livediffusion.controls import parse_message
-from livediffusion.midi import MidiError, MidiInput, MidiMapper, parse_map
+from livediffusion.control.controls import parse_message
+from livediffusion.control.midi import MidiError, MidiInput, MidiMapper, parse_map
 
 pytestmark = pytest.mark.integration
 

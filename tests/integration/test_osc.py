@@ -15,10 +15,10 @@ import pytest
 from pythonosc.osc_message_builder import OscMessageBuilder
 from pythonosc.udp_client import SimpleUDPClient
 
-from livediffusion.controls import Controls, ControlStore
-from livediffusion.engine import Engine
-from livediffusion.presets import PresetFile
-from livediffusion.surface import ControlSurface
+from livediffusion.control.controls import Controls, ControlStore
+from livediffusion.control.presets import PresetFile
+from livediffusion.control.surface import ControlSurface
+from livediffusion.run.engine import Engine
 from livediffusion_bridge import TransportError, memory, open_sink, open_source
 from livediffusion_bridge.osc import OscMessage, OscServer
 from loopback import free_udp_port
@@ -508,7 +508,7 @@ def test_the_rejected_count_is_on_the_status_line_and_in_status(
     import threading
 
     from livediffusion.config import ServeConfig
-    from livediffusion.server import run_server
+    from livediffusion.run.server import run_server
 
     memory.reset()
     port = free_udp_port()

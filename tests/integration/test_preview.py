@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from livediffusion.config import ServeConfig
-from livediffusion.server import run_server
+from livediffusion.run.server import run_server
 from livediffusion_bridge import ClosedError, PreviewWindow, WindowSink, _window, memory, open_sink
 from loopback import free_udp_port
 from xdisplay import (

@@ -19,8 +19,8 @@ import pytest
 from pythonosc.udp_client import SimpleUDPClient
 
 from livediffusion.config import ServeConfig
-from livediffusion.controls import Controls
-from livediffusion.server import run_server
+from livediffusion.control.controls import Controls
+from livediffusion.run.server import run_server
 from livediffusion_bridge import FrameSink, FrameSource, open_sink, open_source
 from loopback import Child, free_udp_port
 from ndi_foreign import ForeignNdi, foreign_ndi_program
@@ -218,7 +218,7 @@ def test_the_output_is_there_before_the_model_and_its_name_is_logged(
     and delivers the input, marked LOADING, before the model exists; the log names it."""
     import io
 
-    import livediffusion.server as server_module
+    import livediffusion.run.server as server_module
     from livediffusion_bridge import memory
 
     release = threading.Event()

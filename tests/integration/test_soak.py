@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from livediffusion.soak import DEFAULT_MAX_GROWTH_MB, format_report, run_soak, soak_command
+from livediffusion.tools.soak import DEFAULT_MAX_GROWTH_MB, format_report, run_soak, soak_command
 
 pytestmark = pytest.mark.integration
 pytest.importorskip("NDIlib", reason="ndi-python (the NDI runtime) is not installed")

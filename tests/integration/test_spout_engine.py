@@ -19,9 +19,9 @@ import numpy as np
 import pytest
 
 import spoutgl_fake
-from livediffusion.controls import Controls, ControlStore
-from livediffusion.doctor import compare_pictures
-from livediffusion.engine import Engine
+from livediffusion.control.controls import Controls, ControlStore
+from livediffusion.run.engine import Engine
+from livediffusion.tools.doctor import compare_pictures
 from livediffusion_bridge import Frame, FrameSource, open_sink, open_source
 from spoutgl_fake import GL_RGBA
 

@@ -16,8 +16,8 @@ import pytest
 
 from faulty import Faulty
 from livediffusion.config import ServeConfig
-from livediffusion.controls import Controls
-from livediffusion.server import run_server
+from livediffusion.control.controls import Controls
+from livediffusion.run.server import run_server
 from livediffusion_bridge import FrameSource, open_sink, open_source
 from loopback import Child, free_udp_port
 

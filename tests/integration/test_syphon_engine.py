@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from livediffusion.controls import Controls, ControlStore
-from livediffusion.engine import Engine
+from livediffusion.control.controls import Controls, ControlStore
+from livediffusion.run.engine import Engine
 from livediffusion_bridge import _syphon, open_sink, open_source
 from livediffusion_bridge._syphon import SyphonSource
 from syphon_native import ExternalClient, ExternalServer, ServerState, World

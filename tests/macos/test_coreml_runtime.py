@@ -95,8 +95,8 @@ def test_the_backend_runs_frames_from_the_loading_path(
 
 
 def test_bench_runs_on_core_ml(tiny_folder: Path, tmp_path: Path) -> None:
-    from livediffusion.bench import format_table, run_bench
     from livediffusion.config import ServeConfig
+    from livediffusion.tools.bench import format_table, run_bench
 
     config = ServeConfig(
         weights=str(tiny_folder), backend="coreml", size=(64, 64), cache_dir=str(tmp_path)
@@ -109,7 +109,7 @@ def test_bench_runs_on_core_ml(tiny_folder: Path, tmp_path: Path) -> None:
 
 def test_doctor_syphon_round_trip_passes() -> None:
     from livediffusion.config import ServeConfig
-    from livediffusion.doctor import Context, run_checks
+    from livediffusion.tools.doctor import Context, run_checks
 
     results = {r.name: r for r in run_checks(Context(ServeConfig(), quick=True))}
     assert results["syphon round trip"].status == "PASS", results["syphon round trip"].detail
@@ -136,7 +136,7 @@ def test_optimization_hints_load_and_run_on_macos_15(tiny_folder: Path, tmp_path
 
 def test_doctor_core_ml_rows_pass_one_step_each() -> None:
     from livediffusion.config import ServeConfig
-    from livediffusion.doctor import CHECKS, Context, run_checks
+    from livediffusion.tools.doctor import CHECKS, Context, run_checks
 
     names = ("coreml convert", "coreml compile", "coreml load", "coreml frame vs torch")
     rows = tuple(check for check in CHECKS if check[0] in names)

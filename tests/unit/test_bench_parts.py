@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from livediffusion.bench_e2e import BITS, E2EResult, decode_number, encode_number, format_e2e
-from livediffusion.bench_modes import ModeTiming, format_modes
-from livediffusion.bench_plot import plot
+from livediffusion.tools.bench_e2e import BITS, E2EResult, decode_number, encode_number, format_e2e
+from livediffusion.tools.bench_modes import ModeTiming, format_modes
+from livediffusion.tools.bench_plot import plot
 
 
 @pytest.mark.parametrize("width", [128, 512, 1920])
@@ -64,7 +64,7 @@ def test_the_chart_is_a_png_with_one_bar_per_mode(tmp_path: Path) -> None:
 
 
 def test_the_stage_table_says_when_only_its_frame_row_is_the_compiled_path() -> None:
-    from livediffusion.bench import BenchResult, StageTiming, format_table
+    from livediffusion.tools.bench import BenchResult, StageTiming, format_table
 
     stages = [StageTiming("unet", 3.0, 3.1, 3.0), StageTiming("frame", 4.0, 4.2, 4.1)]
     graph = BenchResult("torch-cuda float16 graph", "m", "w", (512, 512), 5, "x", "d", stages)
@@ -113,7 +113,7 @@ def test_bench_e2e_refuses_a_size_too_small_in_one_line_before_loading(
 
 
 def test_every_size_bench_e2e_accepts_carries_readable_numbers() -> None:
-    from livediffusion.bench_e2e import MIN_SIDE, check_size
+    from livediffusion.tools.bench_e2e import MIN_SIDE, check_size
 
     with pytest.raises(ValueError, match="square"):
         check_size((128, 256))

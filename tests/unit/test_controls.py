@@ -5,7 +5,7 @@ import threading
 
 import pytest
 
-from livediffusion.controls import (
+from livediffusion.control.controls import (
     CONTROLS,
     ControlError,
     Controls,

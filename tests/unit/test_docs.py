@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from livediffusion.controls import format_address_table
+from livediffusion.control.controls import format_address_table
 from livediffusion.options import options_table
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -88,7 +88,7 @@ def test_every_flag_the_readme_names_exists() -> None:
 
 
 def test_every_osc_address_the_readme_names_is_one_the_server_takes() -> None:
-    from livediffusion.controls import canonical_address
+    from livediffusion.control.controls import canonical_address
 
     addresses = set(re.findall(r"`(/[a-z0-9/_]+)`", _readme()))
     assert len(addresses) > 15
@@ -99,7 +99,7 @@ def test_every_osc_address_the_readme_names_is_one_the_server_takes() -> None:
 
 def test_the_status_reply_is_described_as_the_server_sends_it() -> None:
     """The OSC table said `latency_ms` where the text said `latency_p50_ms`."""
-    from livediffusion.controls import CONTROLS
+    from livediffusion.control.controls import CONTROLS
 
     fields = "in_fps out_fps latency_p50_ms dropped model backend osc_rejected"
     assert CONTROLS["/status"].effect == f"reply /status {fields}"
@@ -113,8 +113,8 @@ def test_the_status_reply_is_described_as_the_server_sends_it() -> None:
 
 def test_the_numbers_in_the_readme_are_the_codes() -> None:
     from livediffusion.config import ServeConfig
-    from livediffusion.controls import MAX_PROMPT_CHARS
-    from livediffusion.engine import EngineOptions
+    from livediffusion.control.controls import MAX_PROMPT_CHARS
+    from livediffusion.run.engine import EngineOptions
     from livediffusion_bridge.osc import LOG_INTERVAL, LOG_LINES, OscServer
     from livediffusion_models.registry import get_model
 

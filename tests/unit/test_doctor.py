@@ -15,9 +15,9 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 
-from livediffusion import doctor
 from livediffusion.config import ServeConfig
-from livediffusion.doctor import (
+from livediffusion.tools import doctor
+from livediffusion.tools.doctor import (
     CHECKS,
     Context,
     Outcome,
@@ -210,7 +210,7 @@ def test_comparison_reports_a_wrong_size() -> None:
 
 def test_importing_doctor_loads_no_runtime() -> None:
     code = (
-        "import sys, livediffusion.doctor\n"
+        "import sys, livediffusion.tools.doctor\n"
         "heavy = ('NDIlib', 'av', 'pythonosc', 'torch', 'coremltools', 'syphon', 'mido')\n"
         "print(sorted(m for m in heavy if m in sys.modules))"
     )

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from livediffusion.config import default_sink, default_source, parse_size
-from livediffusion.glide import Glide
-from livediffusion.slots import BufferPool, LatestSlot
-from livediffusion.status import Stats, format_status
+from livediffusion.run.glide import Glide
+from livediffusion.run.slots import BufferPool, LatestSlot
+from livediffusion.run.status import Stats, format_status
 
 
 def test_latest_slot_keeps_only_the_newest_and_reports_drops() -> None:
@@ -105,7 +105,7 @@ def test_platform_defaults() -> None:
 
 
 def test_summary_covers_the_whole_run() -> None:
-    from livediffusion.status import format_summary
+    from livediffusion.run.status import format_summary
 
     stats = Stats(backend="b")
     assert stats.summary().output_fps == 0.0

@@ -29,7 +29,7 @@ from pythonosc import osc_bundle_builder, osc_message_builder
 from pythonosc.osc_message import OscMessage
 from pythonosc.udp_client import SimpleUDPClient, UDPClient
 
-from livediffusion.controls import (
+from livediffusion.control.controls import (
     CONTROLS,
     Controls,
     ControlStore,
@@ -37,8 +37,8 @@ from livediffusion.controls import (
     parse_message,
     preset_values,
 )
-from livediffusion.presets import PresetFile
-from livediffusion.surface import ControlSurface, StatusValues
+from livediffusion.control.presets import PresetFile
+from livediffusion.control.surface import ControlSurface, StatusValues
 from livediffusion_bridge.osc import OscServer
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"

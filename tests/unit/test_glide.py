@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from livediffusion.glide import Glide, Ramp
+from livediffusion.run.glide import Glide, Ramp
 
 
 def test_ramp_goes_from_value_to_target_over_the_time() -> None:

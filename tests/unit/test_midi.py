@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from livediffusion.controls import CONTROLS, ControlError, ControlStore, parse_message
-from livediffusion.midi import (
+from livediffusion.control.controls import CONTROLS, ControlError, ControlStore, parse_message
+from livediffusion.control.midi import (
     INSTALL_HINT,
     Learner,
     MidiError,
@@ -538,7 +538,7 @@ def test_midi_input_keeps_going_when_submit_rejects(caplog: pytest.LogCaptureFix
     midi = MidiInput(None, mapper, submit, backend=backend)
     callback = backend.opened[0][0].callback
     assert callback is not None
-    with caplog.at_level(logging.WARNING, logger="livediffusion.midi"):
+    with caplog.at_level(logging.WARNING, logger="livediffusion.control.midi"):
         for _ in range(250):
             callback(_cc(1, 0))
         callback(_cc(1, 127))
@@ -566,7 +566,7 @@ def test_midi_input_survives_a_failing_submit_and_current(
         _map({"cc": 1, "address": "/strength"}, {"cc": 2, "address": "/bypass"}), current=current
     )
     backend = FakeBackend(["x"])
-    with caplog.at_level(logging.ERROR, logger="livediffusion.midi"):
+    with caplog.at_level(logging.ERROR, logger="livediffusion.control.midi"):
         midi = MidiInput("x", mapper, submit, backend=backend)
         callback = backend.opened[0][0].callback
         assert callback is not None
@@ -621,7 +621,9 @@ def test_missing_mido_says_how_to_install(monkeypatch: pytest.MonkeyPatch) -> No
 
 
 def test_importing_the_module_does_not_import_mido() -> None:
-    code = "import sys, livediffusion.midi; assert 'mido' not in sys.modules, 'mido imported'"
+    code = (
+        "import sys, livediffusion.control.midi; assert 'mido' not in sys.modules, 'mido imported'"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
@@ -664,7 +666,7 @@ def test_learn_reads_a_port_until_the_time_is_up() -> None:
 def test_midi_command_lists_ports(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from livediffusion import midi
+    from livediffusion.control import midi
 
     monkeypatch.setattr(midi, "_mido", lambda: FakeBackend(PORTS))
     assert midi_command(list_ports=True, learn=False, port=None, seconds=None) == 0
@@ -677,7 +679,7 @@ def test_midi_command_lists_ports(
 def test_midi_command_learn_and_errors(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from livediffusion import midi
+    from livediffusion.control import midi
 
     monkeypatch.setattr(midi, "_mido", lambda: FakeBackend(PORTS, pending=[_cc(7, 1)]))
     assert midi_command(list_ports=False, learn=True, port="nano", seconds=0.05) == 0
@@ -758,7 +760,7 @@ def test_midi_list_without_alsa_is_one_line_and_no_raw_alsa_text() -> None:
 
 
 def test_native_stderr_is_caught_and_the_rest_passed_on(capfd: pytest.CaptureFixture[str]) -> None:
-    from livediffusion.midi import _native_stderr_caught
+    from livediffusion.control.midi import _native_stderr_caught
 
     if not sys.platform.startswith("linux"):
         pytest.skip("caught on Linux only, where ALSA prints")
@@ -774,8 +776,9 @@ def test_native_stderr_is_caught_and_the_rest_passed_on(capfd: pytest.CaptureFix
 
 def test_doctor_midi_row_checks_that_ports_can_be_listed(monkeypatch: pytest.MonkeyPatch) -> None:
     """doctor said PASS midi because mido and rtmidi import, where no port can be listed."""
-    from livediffusion import doctor, midi
     from livediffusion.config import ServeConfig
+    from livediffusion.control import midi
+    from livediffusion.tools import doctor
 
     _rtmidi_without_a_sequencer()
     context = doctor.Context(ServeConfig(), quick=True)

@@ -12,20 +12,22 @@ import time
 import numpy as np
 import pytest
 
-from livediffusion_bridge import _ndi
-from livediffusion_bridge._ndi import (
+from livediffusion_bridge import _ndi, _ndi_discovery, _ndi_formats
+from livediffusion_bridge._ndi_discovery import (
     Sender,
-    UnsupportedFormat,
     describe_target,
-    fourcc_text,
-    frame_size,
     merge_ips,
     normal_address,
     parse_address,
     pick,
     short_name,
-    to_rgba,
     unique_senders,
+)
+from livediffusion_bridge._ndi_formats import (
+    UnsupportedFormat,
+    fourcc_text,
+    frame_size,
+    to_rgba,
     yuv_to_rgba,
 )
 
@@ -67,31 +69,31 @@ def test_ip_lists_merge_in_order_without_repeats(monkeypatch: pytest.MonkeyPatch
     assert merge_ips("127.0.0.1", " 10.0.0.2, ,127.0.0.1", "10.0.0.3") == (
         "127.0.0.1,10.0.0.2,10.0.0.3"
     )
-    monkeypatch.setenv(_ndi.EXTRA_IPS_ENV, "192.168.1.5")
-    assert _ndi._extra_ips("10.0.0.9") == "127.0.0.1,192.168.1.5,10.0.0.9"
+    monkeypatch.setenv(_ndi_discovery.EXTRA_IPS_ENV, "192.168.1.5")
+    assert _ndi_discovery._extra_ips("10.0.0.9") == "127.0.0.1,192.168.1.5,10.0.0.9"
 
 
 def test_loopback_aliases_become_127_0_0_1() -> None:
     assert normal_address("127.0.0.1:5961") == "127.0.0.1:5961"
     assert normal_address("10.0.0.2:5961") == "10.0.0.2:5961"
     assert normal_address("") == ""
-    for alias in _ndi.LOOPBACK_ALIASES:
+    for alias in _ndi_discovery.LOOPBACK_ALIASES:
         assert normal_address(f"{alias}:5963") == "127.0.0.1:5963"
     # A probe answered through several aliases lists one sender several times.
-    listed = [Sender("PC (a)", f"{alias}:5961") for alias in _ndi.LOOPBACK_ALIASES]
+    listed = [Sender("PC (a)", f"{alias}:5961") for alias in _ndi_discovery.LOOPBACK_ALIASES]
     listed.append(Sender("PC (b)", "10.0.0.2:5962"))
     assert unique_senders(listed) == [Sender("PC (a)", "127.0.0.1:5961"), listed[-1]]
 
 
 def test_the_probe_asks_several_loopback_addresses_on_linux() -> None:
-    assert _ndi.LOOPBACK_ALIASES[0] == "127.0.0.1"
-    discovery = _ndi._Discovery(object(), "127.0.0.1,10.0.0.7")
-    assert discovery._probe_ips == ",".join([*_ndi.LOOPBACK_ALIASES, "10.0.0.7"])
+    assert _ndi_discovery.LOOPBACK_ALIASES[0] == "127.0.0.1"
+    discovery = _ndi_discovery._Discovery(object(), "127.0.0.1,10.0.0.7")
+    assert discovery._probe_ips == ",".join([*_ndi_discovery.LOOPBACK_ALIASES, "10.0.0.7"])
     assert discovery._main_ips == "127.0.0.1,10.0.0.7"
 
 
 def test_own_senders_are_remembered_by_full_name() -> None:
-    own = _ndi._OwnSenders()
+    own = _ndi_discovery._OwnSenders()
     own.add("PC (out)", "127.0.0.1:5961")
     own.add("PC (out)", "127.0.0.1:5962")  # a new sender of the same name replaces it
     assert own.senders() == [Sender("PC (out)", "127.0.0.1:5962")]
@@ -303,7 +305,7 @@ def test_frame_bytes_reads_exactly_the_frame_and_restores_it() -> None:
     video = BindingFrame(buffer, width, height, stride)
     # The getter as it is loses bytes: 18 pixels of 5 bytes, not 96-byte rows.
     assert video.data.shape == (height, width, 5)
-    raw = _ndi._frame_bytes(video, stride * height)
+    raw = _ndi_formats._frame_bytes(video, stride * height)
     np.testing.assert_array_equal(raw, np.frombuffer(buffer, np.uint8)[: stride * height])
     assert (video.xres, video.yres, video.line_stride_in_bytes) == (width, height, stride)
     assert raw.flags.c_contiguous
@@ -314,7 +316,7 @@ def test_frame_bytes_reads_exactly_the_frame_and_restores_it() -> None:
 
 
 class FakeFinders:
-    """Just enough of NDIlib for :class:`_ndi._Discovery`: records when finders come and go."""
+    """Just enough of NDIlib for :class:`_ndi_discovery._Discovery`: finders come and go."""
 
     def __init__(self) -> None:
         self.born: dict[int, float] = {}
@@ -344,23 +346,23 @@ class FakeFinders:
 
 def test_no_finder_is_destroyed_young_and_a_young_probe_is_kept() -> None:
     fake = FakeFinders()
-    discovery = _ndi._Discovery(fake, "127.0.0.1")
+    discovery = _ndi_discovery._Discovery(fake, "127.0.0.1")
     assert discovery.senders() == []
     assert len(fake.born) == 2  # the long-lived finder and the probe
     discovery.reprobe()  # too young to have answered: kept
     assert len(fake.born) == 2 and fake.lived == []
-    discovery.wait(_ndi._PROBE_MIN_AGE + 0.02)
+    discovery.wait(_ndi_discovery._PROBE_MIN_AGE + 0.02)
     discovery.reprobe()  # old enough: replaced
     assert len(fake.lived) == 1 and len(fake.born) == 2
     discovery.close()  # the new probe is only milliseconds old: close waits for it
     assert fake.born == {}
-    assert min(fake.lived) >= _ndi._FINDER_MIN_LIFE
-    assert fake.ips[1] == ",".join(_ndi.LOOPBACK_ALIASES)
+    assert min(fake.lived) >= _ndi_discovery._FINDER_MIN_LIFE
+    assert fake.ips[1] == ",".join(_ndi_discovery.LOOPBACK_ALIASES)
 
 
 def test_a_missing_system_library_is_named_not_the_package() -> None:
     """What the H200's bare image said: the wheel was there, Avahi's client library was not."""
-    from livediffusion_bridge._ndi import _load_failure
+    from livediffusion_bridge._ndi_runtime import _load_failure
 
     missing = ImportError("libavahi-common.so.3: cannot open shared object file: No such file")
     text = _load_failure(missing)

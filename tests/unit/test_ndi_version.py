@@ -19,8 +19,14 @@ from typing import Any, cast
 
 import pytest
 
-from livediffusion import doctor
-from livediffusion_bridge import BackendUnavailableError, _ndi, list_sources, open_sink, open_source
+from livediffusion.tools import doctor
+from livediffusion_bridge import (
+    BackendUnavailableError,
+    _ndi_runtime,
+    list_sources,
+    open_sink,
+    open_source,
+)
 
 NDIlib = pytest.importorskip("NDIlib")
 
@@ -68,7 +74,7 @@ def ndi_row() -> tuple[str, str]:
 
 
 def test_the_installed_ndi_python_has_the_calls_the_bridge_makes() -> None:
-    assert _ndi.binding_problem(NDIlib) is None
+    assert _ndi_runtime.binding_problem(NDIlib) is None
     assert "want_audio" in (NDIlib.recv_capture_v2.__doc__ or "")
     NDIlib.RecvCreateV3(None, NDIlib.RECV_COLOR_FORMAT_RGBX_RGBA)  # no TypeError
     assert ndi_row()[0] == "PASS"
@@ -113,25 +119,25 @@ def test_an_unrecorded_copy_with_the_old_signature_is_caught(
 
 def test_an_unrecorded_copy_with_the_new_signature_runs(monkeypatch: pytest.MonkeyPatch) -> None:
     recorded_version(monkeypatch, None)
-    assert _ndi.binding_problem(NDIlib) is None
+    assert _ndi_runtime.binding_problem(NDIlib) is None
 
 
 def test_an_intel_mac_is_told_no_wheel_exists_for_it(monkeypatch: pytest.MonkeyPatch) -> None:
     recorded_version(monkeypatch, "5.1.1.1")
     monkeypatch.setattr(sys, "platform", "darwin")
-    monkeypatch.setattr(_ndi.platform, "machine", lambda: "x86_64")
-    monkeypatch.setattr(_ndi.platform, "mac_ver", lambda: ("14.5", ("", "", ""), "x86_64"))
-    problem = _ndi.binding_problem(NDIlib)
+    monkeypatch.setattr(_ndi_runtime.platform, "machine", lambda: "x86_64")
+    monkeypatch.setattr(_ndi_runtime.platform, "mac_ver", lambda: ("14.5", ("", "", ""), "x86_64"))
+    problem = _ndi_runtime.binding_problem(NDIlib)
     assert problem is not None and "no such wheel for Intel Macs" in problem
-    monkeypatch.setattr(_ndi.platform, "machine", lambda: "arm64")
-    monkeypatch.setattr(_ndi.platform, "mac_ver", lambda: ("12.7", ("", "", ""), "arm64"))
-    assert "macOS 12 and older" in str(_ndi.binding_problem(NDIlib))
-    monkeypatch.setattr(_ndi.platform, "mac_ver", lambda: ("15.1", ("", "", ""), "arm64"))
-    assert "wheel" not in str(_ndi.binding_problem(NDIlib))
+    monkeypatch.setattr(_ndi_runtime.platform, "machine", lambda: "arm64")
+    monkeypatch.setattr(_ndi_runtime.platform, "mac_ver", lambda: ("12.7", ("", "", ""), "arm64"))
+    assert "macOS 12 and older" in str(_ndi_runtime.binding_problem(NDIlib))
+    monkeypatch.setattr(_ndi_runtime.platform, "mac_ver", lambda: ("15.1", ("", "", ""), "arm64"))
+    assert "wheel" not in str(_ndi_runtime.binding_problem(NDIlib))
 
 
 def test_versions_compare_by_their_numbers() -> None:
-    key = _ndi._version_key
+    key = _ndi_runtime._version_key
     assert key("6.3.2.6") > key("6.3.2.1") > key("6.3.2.0") > key("5.1.1.5")
     assert key("6.3.2.10") > key("6.3.2.9")
     assert key("6.3.2.1rc1") == (6, 3, 2, 1)

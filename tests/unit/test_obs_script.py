@@ -29,7 +29,7 @@ from pythonosc.osc_message import OscMessage
 from pythonosc.osc_message_builder import OscMessageBuilder
 
 from livediffusion.cli import main
-from livediffusion.controls import CONTROLS, Controls, parse_message
+from livediffusion.control.controls import CONTROLS, Controls, parse_message
 from livediffusion.hosts import HOST_FILES
 from livediffusion_models.registry import MODELS
 from loopback import free_udp_port

@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 
 from livediffusion.cli import _serve_config, build_parser
-from livediffusion.controls import Controls
+from livediffusion.control.controls import Controls
+from livediffusion.control.presets import PresetFile
 from livediffusion.options import (
     BY_KEY,
     OPTIONS,
@@ -22,7 +23,6 @@ from livediffusion.options import (
     read_config_file,
     values_from_config,
 )
-from livediffusion.presets import PresetFile
 
 # a value other than the default for every key, as a TOML file would hold it
 CHANGED: dict[str, str] = {
@@ -302,13 +302,13 @@ def test_uris_and_midi_maps_are_checked_before_anything_opens(
 ) -> None:
     """`--midi-map nosuchmap` ran and exited 0; with --midi it was refused after OSC had
     started. Now every such value is refused while the flags are read."""
-    import livediffusion.server
+    import livediffusion.run.server
     from livediffusion.cli import main
 
     def no_server(*args: object, **kwargs: object) -> int:
         raise AssertionError("the server started")
 
-    monkeypatch.setattr(livediffusion.server, "run_server", no_server)
+    monkeypatch.setattr(livediffusion.run.server, "run_server", no_server)
     with pytest.raises(SystemExit) as caught:
         main(["serve", *flags])
     assert caught.value.code == 2
@@ -319,7 +319,7 @@ def test_uris_and_midi_maps_are_checked_before_anything_opens(
 def test_a_midi_map_without_midi_says_it_does_nothing(caplog: pytest.LogCaptureFixture) -> None:
     import socket
 
-    from livediffusion.server import run_server
+    from livediffusion.run.server import run_server
     from livediffusion_bridge import TransportError
 
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:

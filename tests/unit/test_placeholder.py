@@ -8,9 +8,9 @@ import time
 
 import numpy as np
 
-from livediffusion.controls import ControlStore
-from livediffusion.engine import Engine, EngineOptions
-from livediffusion.placeholder import _MASK, Placeholder
+from livediffusion.control.controls import ControlStore
+from livediffusion.run.engine import Engine, EngineOptions
+from livediffusion.run.placeholder import _MASK, Placeholder
 from livediffusion_bridge import memory, open_sink, open_source
 
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from livediffusion.controls import ControlError, Controls
-from livediffusion.presets import PresetFile
+from livediffusion.control.controls import ControlError, Controls
+from livediffusion.control.presets import PresetFile
 
 
 def test_save_and_load_every_value_but_pause(tmp_path: Path) -> None:

@@ -70,7 +70,7 @@ def test_no_display_for_preview_names_the_preview_option(
     option is what needs the display."""
     from contextlib import ExitStack
 
-    from livediffusion.preview import attach_preview
+    from livediffusion.run.preview import attach_preview
 
     monkeypatch.delenv("DISPLAY", raising=False)
     monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from livediffusion.similarity import SETTLE_FRAMES, SimilarityGate
+from livediffusion.run.similarity import SETTLE_FRAMES, SimilarityGate
 from livediffusion_models.backends import FrameParams
 
 

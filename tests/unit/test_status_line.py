@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from livediffusion.terminal import StatusLine
+from livediffusion.run.terminal import StatusLine
 
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 

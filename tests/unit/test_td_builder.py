@@ -20,7 +20,7 @@ from pythonosc.osc_message_builder import OscMessageBuilder
 
 import td_fake as td
 from livediffusion.cli import build_parser
-from livediffusion.controls import CONTROLS, Controls, parse_message
+from livediffusion.control.controls import CONTROLS, Controls, parse_message
 from loopback import free_udp_port
 
 ROOT = Path(__file__).resolve().parents[2]

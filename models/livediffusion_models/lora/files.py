@@ -13,9 +13,9 @@ import os
 from pathlib import Path
 
 from livediffusion_models.errors import LoraNotFoundError
+from livediffusion_models.weights.context import _cache_roots
 from livediffusion_models.weights.files import _is_hub_id
 from livediffusion_models.weights.hub import (
-    _cache_roots,
     _cached_snapshot,
     _hub_unreachable,
     _offline,

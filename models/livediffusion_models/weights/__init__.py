@@ -39,6 +39,13 @@ from livediffusion_models.weights.build import (
     _load_from_plan,
     _load_tokenizer,
 )
+from livediffusion_models.weights.context import (
+    _BUILT,
+    RANDOM,
+    TINY,
+    _context,
+    download_command,
+)
 from livediffusion_models.weights.files import _read_json
 from livediffusion_models.weights.fingerprint import (
     plan_fingerprint,
@@ -46,15 +53,7 @@ from livediffusion_models.weights.fingerprint import (
     tiny_fingerprint,
 )
 from livediffusion_models.weights.hub import _progress_bars, _select_hub_files
-from livediffusion_models.weights.plan import (
-    _BUILT,
-    RANDOM,
-    TINY,
-    _context,
-    _describe,
-    _plan,
-    download_command,
-)
+from livediffusion_models.weights.plan import _describe, _plan
 from livediffusion_models.weights.tiny import _build_tiny
 
 if TYPE_CHECKING:

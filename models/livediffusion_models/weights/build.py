@@ -14,8 +14,9 @@ from typing import TYPE_CHECKING, Any
 
 from livediffusion_models.errors import ModelError, WeightsCorruptError, WeightsNotFoundError
 from livediffusion_models.registry import ModelSpec
+from livediffusion_models.weights.context import _Context
 from livediffusion_models.weights.files import _CONFIG_NAME, _find_weights, _read_json, _WeightFiles
-from livediffusion_models.weights.plan import _Context, _Part, _Plan
+from livediffusion_models.weights.plan import _Part, _Plan
 
 if TYPE_CHECKING:
     import torch

@@ -13,8 +13,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from livediffusion_models.cache import hub_cache_dir, repo_folder_name
+from livediffusion_models.cache import repo_folder_name
 from livediffusion_models.errors import ModelError, WeightsNotFoundError
+from livediffusion_models.weights.context import _cache_roots
 from livediffusion_models.weights.files import (
     _find_weights,
     _format_of,
@@ -23,21 +24,9 @@ from livediffusion_models.weights.files import (
 )
 
 if TYPE_CHECKING:
-    from livediffusion_models.weights.plan import _Context
+    from livediffusion_models.weights.context import _Context
 
 _PROBE_TIMEOUT_S = 3.0
-
-
-def _cache_roots(cache_dir: str | os.PathLike[str] | None) -> list[Path]:
-    """Our hub cache first, then huggingface_hub's default one (read-only use)."""
-    from huggingface_hub import constants
-
-    ours = hub_cache_dir(cache_dir)
-    roots = [ours]
-    default = Path(constants.HF_HUB_CACHE).expanduser().absolute()
-    if default != ours:
-        roots.append(default)
-    return roots
 
 
 def _offline() -> bool:

@@ -8,13 +8,13 @@ failure names what was wanted, where we looked and the command that fixes it.
 
 from __future__ import annotations
 
-import os
-import shlex
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from livediffusion_models.errors import ModelError, WeightsNotFoundError
-from livediffusion_models.registry import ModelSpec
+from livediffusion_models.weights.context import (
+    _Context,
+)
 from livediffusion_models.weights.files import (
     _CONFIG_NAME,
     _SCHEDULER_CONFIG_NAME,
@@ -25,91 +25,13 @@ from livediffusion_models.weights.files import (
     _is_hub_id,
     _read_json,
 )
-from livediffusion_models.weights.hub import _cache_roots, _hub_snapshot
-
-RANDOM = "random"
-TINY = "tiny"
-"""The model's architecture scaled down, random (see ``weights.tiny``): soak, CI, demos."""
-_BUILT = (RANDOM, TINY)
-"""``--weights`` values that are built, not loaded: no files, nothing to download."""
+from livediffusion_models.weights.hub import _hub_snapshot
 
 _HUB_SUBFOLDERS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 
 
 # --------------------------------------------------------------------------------------------
 # Messages
-
-
-def download_command(
-    spec: ModelSpec,
-    *,
-    weights: str | None = None,
-    cache_dir: str | os.PathLike[str] | None = None,
-) -> str:
-    """The CLI command that fetches what ``load_model(spec, weights)`` needs."""
-    command = f"livediffusion download --model {shlex.quote(spec.name)}"
-    if weights is not None and weights not in (spec.hub_id, *_BUILT):
-        command += f" --weights {shlex.quote(weights)}"
-    if cache_dir is not None:
-        command += f" --cache-dir {shlex.quote(str(cache_dir))}"
-    return command
-
-
-@dataclass
-class _Context:
-    """Per-call settings threaded through resolution, so messages can name the right command."""
-
-    spec: ModelSpec
-    weights: str
-    cache_dir: str | os.PathLike[str] | None
-    allow_download: bool
-    # the repos the spec itself names; a download command for the model fetches these
-    own_repos: frozenset[str] = field(default_factory=frozenset)
-    # the hub answered once in this call: no need to ask again for the next repo
-    hub_answered: bool = False
-
-    def command_for(self, repo_id: str | None = None) -> str:
-        """The download command for this call; for a folder it fetches only missing parts."""
-        weights = self.weights
-        if repo_id is not None and repo_id not in self.own_repos:
-            weights = repo_id
-        elif weights not in _BUILT and not _is_hub_id(weights):
-            weights = str(Path(weights).expanduser().absolute())
-        return download_command(self.spec, weights=weights, cache_dir=self.cache_dir)
-
-    def model_command(self) -> str:
-        """The download command for the model's own repos, whatever --weights said."""
-        return download_command(self.spec, cache_dir=self.cache_dir)
-
-    def corrupt_fix(self, path: Path) -> str:
-        for root in _cache_roots(self.cache_dir):
-            try:
-                relative = path.absolute().relative_to(root)
-            except ValueError:
-                continue
-            repo_dir = root / relative.parts[0]
-            repo_id = relative.parts[0].removeprefix("models--").replace("--", "/")
-            return f"delete the cache folder {repo_dir} and re-run `{self.command_for(repo_id)}`"
-        return (
-            f"the file is incomplete or damaged: copy or export {path.parent} again, "
-            f"or pass --weights {self.spec.hub_id} to download the model"
-        )
-
-
-def _context(
-    spec: ModelSpec,
-    weights: str,
-    cache_dir: str | os.PathLike[str] | None,
-    allow_download: bool,
-) -> _Context:
-    own = {spec.hub_id, spec.text_encoder_hub_id, spec.taesd_hub_id}
-    return _Context(
-        spec=spec,
-        weights=weights,
-        cache_dir=cache_dir,
-        allow_download=allow_download,
-        own_repos=frozenset(own),
-    )
 
 
 # --------------------------------------------------------------------------------------------

@@ -24,7 +24,7 @@ from typing import Any
 
 from livediffusion_models.registry import ModelSpec
 from livediffusion_models.weights.build import _build_text_encoder
-from livediffusion_models.weights.plan import TINY
+from livediffusion_models.weights.context import TINY
 
 __all__ = ["TINY", "TINY_EMBED_DIM", "tiny_configs"]
 

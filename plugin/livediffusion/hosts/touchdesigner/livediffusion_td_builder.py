@@ -461,7 +461,9 @@ def onFrameStart(frame: int) -> None:
 
 COMP_NAME = "livediffusion"
 EXTENSION_OBJECT = "op('./LivediffusionExt').module.LivediffusionExt(me)"  # "Extensions"
-DEFAULTS: dict[str, ParValue] = {  # the server's own defaults (livediffusion.controls.Controls)
+DEFAULTS: dict[
+    str, ParValue
+] = {  # the server's own defaults (livediffusion.control.controls.Controls)
     "Prompt": "a vivid oil painting, swirling colours, dramatic light",
     "Strength": 1.0,
     "Feedback": 0.1,

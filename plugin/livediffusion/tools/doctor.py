@@ -241,7 +241,7 @@ def _check_midi(context: Context) -> Outcome:
     if missing:
         return "SKIP", f'optional, {missing} missing: pip install "livediffusion[midi]"'
     _import("mido", "rtmidi")
-    from livediffusion import midi
+    from livediffusion.control import midi
 
     versions = f"mido {_version('mido')}, python-rtmidi {_version('python-rtmidi')}"
     # Importing says little: the ports must be listable, or no controller can be opened.

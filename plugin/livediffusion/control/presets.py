@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from livediffusion.controls import ControlError, Controls, preset_values, validate_values
+from livediffusion.control.controls import ControlError, Controls, preset_values, validate_values
 
 __all__ = ["PresetFile", "default_preset_path"]
 

@@ -18,13 +18,13 @@ from typing import Any, TextIO
 
 from livediffusion.backends import build_backend
 from livediffusion.config import ServeConfig
-from livediffusion.controls import ControlStore
-from livediffusion.engine import SOURCE_LOSS_MODES, Engine, EngineOptions, SourceLoss
-from livediffusion.presets import PresetFile
-from livediffusion.preview import attach_preview
-from livediffusion.status import format_status, format_summary
-from livediffusion.surface import ControlSurface, StatusValues
-from livediffusion.terminal import StatusLine
+from livediffusion.control.controls import ControlStore
+from livediffusion.control.presets import PresetFile
+from livediffusion.control.surface import ControlSurface, StatusValues
+from livediffusion.run.engine import SOURCE_LOSS_MODES, Engine, EngineOptions, SourceLoss
+from livediffusion.run.preview import attach_preview
+from livediffusion.run.status import format_status, format_summary
+from livediffusion.run.terminal import StatusLine
 from livediffusion_bridge import FrameSink, open_sink, open_source, pump_events
 from livediffusion_bridge.osc import OscCounters, OscServer
 from livediffusion_models.backends import Backend
@@ -212,7 +212,7 @@ def _osc_note(osc: OscServer) -> str:
 
 @contextmanager
 def _open_midi(config: ServeConfig, surface: ControlSurface, store: ControlStore) -> Iterator[None]:
-    from livediffusion.midi import MidiInput, MidiMapper, load_map
+    from livediffusion.control.midi import MidiInput, MidiMapper, load_map
 
     assert config.midi is not None and config.midi_map is not None
     mapper = MidiMapper(

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from livediffusion.bench_e2e import E2EResult
-from livediffusion.bench_modes import ModeTiming
+from livediffusion.tools.bench_e2e import E2EResult
+from livediffusion.tools.bench_modes import ModeTiming
 
 __all__ = ["plot"]
 

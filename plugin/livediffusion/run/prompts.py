@@ -15,8 +15,8 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
-from livediffusion.controls import ControlStore
-from livediffusion.slots import LatestSlot
+from livediffusion.control.controls import ControlStore
+from livediffusion.run.slots import LatestSlot
 from livediffusion_models.backends.base import PromptSlot
 
 __all__ = ["PromptEncoder"]

@@ -2,10 +2,11 @@
 
 A MIDI map (TOML, see ``docs/midi.md``) binds a controller's CCs and notes to control addresses.
 Nothing here decides what a valid value is: :class:`MidiMapper` only turns a MIDI message into
-``(address, args)`` tuples and :class:`MidiInput` hands them to the server's ``submit``, which
-validates them with :func:`livediffusion.controls.parse_message` exactly as it does OSC. Maps
-are checked against :data:`~livediffusion.controls.CONTROLS` when they load, so a typo is a
-start-up error that names the file, the entry and the key, not a silent dead fader mid-show.
+``(address, args)`` tuples and :class:`MidiInput` hands them to the server's ``submit``,
+which validates them with :func:`livediffusion.control.controls.parse_message` exactly as it
+does OSC. Maps are checked against :data:`~livediffusion.control.controls.CONTROLS` when
+they load, so a typo is a start-up error that names the file, the entry and the key, not a
+silent dead fader mid-show.
 
 mido and python-rtmidi are optional (``livediffusion[midi]``) and are imported only when a
 port is opened or listed: loading, checking and describing maps needs neither.
@@ -27,7 +28,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, TextIO, cast
 
-from livediffusion.controls import CONTROLS, ControlSpec
+from livediffusion.control.controls import CONTROLS, ControlSpec
 
 if sys.version_info >= (3, 11):
     import tomllib

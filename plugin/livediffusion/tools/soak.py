@@ -34,7 +34,6 @@ import logging
 import math
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -44,11 +43,12 @@ from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 from livediffusion.config import ServeConfig
+from livediffusion.tools.measure import free_udp_port
 from livediffusion_bridge import FrameSink, open_sink, open_source
 
 __all__ = ["SoakReport", "format_report", "run_soak", "soak_command"]
 
-log = logging.getLogger("livediffusion.soak")
+log = logging.getLogger("livediffusion.tools.soak")
 
 DEFAULT_MAX_GROWTH_MB = 50.0
 PROGRESS_SECONDS = 5.0
@@ -404,13 +404,6 @@ def _count_steps(backend: Any, counters: _Counters) -> None:
         return original(*args, **kwargs)
 
     setattr(backend, "step", step)  # noqa: B010 (an instance attribute over the method)
-
-
-def free_udp_port() -> int:
-    """A UDP port on 127.0.0.1 free right now: the OSC port of a server run in-process."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class _Feeder:
@@ -775,7 +768,7 @@ class _Soak:
         self._watch()
 
     def _serve(self, config: ServeConfig) -> None:
-        from livediffusion.server import run_server
+        from livediffusion.run.server import run_server
 
         with open(os.devnull, "w", encoding="utf-8") as status:
             try:

@@ -30,7 +30,7 @@ import numpy as np
 import numpy.typing as npt
 
 from livediffusion.config import ServeConfig
-from livediffusion.soak import free_udp_port
+from livediffusion.tools.measure import free_udp_port
 
 __all__ = [
     "BITS",
@@ -43,7 +43,7 @@ __all__ = [
     "run_e2e",
 ]
 
-log = logging.getLogger("livediffusion.bench")
+log = logging.getLogger("livediffusion.tools.bench")
 
 BITS = 20
 
@@ -238,7 +238,7 @@ def run_e2e(
 
     ``backend`` must be warm (compiled and captured) so start-up is not timed.
     """
-    from livediffusion.server import run_server
+    from livediffusion.run.server import run_server
 
     check_size(backend.model_size)
     width = backend.model_size[1]

@@ -2,7 +2,7 @@
 
 A message is an address and its arguments, whoever sent it. :meth:`ControlSurface.submit`
 maps the address (prefix, TouchDesigner channel names), validates it through
-:func:`~livediffusion.controls.parse_message`, then either changes a value in the
+:func:`~livediffusion.control.controls.parse_message`, then either changes a value in the
 :class:`ControlStore` or runs an action (presets, reset, status, ping). Answers go back over
 the OSC server's socket: ``/status`` and ``/pong`` to whoever asked, and with ``--osc-echo``
 every accepted change to the ``--osc-reply`` address, so other panels and motorised faders
@@ -15,14 +15,14 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
-from livediffusion.controls import (
+from livediffusion.control.controls import (
     FIELD_ADDRESS,
     ControlError,
     ControlStore,
     canonical_address,
     parse_message,
 )
-from livediffusion.presets import PresetFile
+from livediffusion.control.presets import PresetFile
 
 __all__ = ["ControlSurface", "Replier", "StatusValues"]
 

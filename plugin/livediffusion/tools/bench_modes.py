@@ -24,8 +24,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from livediffusion.bench import _percentile, _picture
 from livediffusion.config import ServeConfig
+from livediffusion.tools.measure import percentile, picture
 
 if TYPE_CHECKING:
     import torch
@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 
 __all__ = ["MODES", "ModeTiming", "compare_modes", "format_modes"]
 
-log = logging.getLogger("livediffusion.bench")
+log = logging.getLogger("livediffusion.tools.bench")
 
 MODES = ("diffusers", "eager", "compiled", "graph")
 """Rows in the order they run: the reference first, before any mode changes global settings
@@ -73,7 +73,7 @@ def _time(run: Callable[[], None], frames: int) -> tuple[float, float, float]:
         started = time.perf_counter()
         run()  # each run ends when the device is done (a download or a synchronize)
         samples.append(1000.0 * (time.perf_counter() - started))
-    return _percentile(samples, 50), _percentile(samples, 99), statistics.fmean(samples)
+    return percentile(samples, 50), percentile(samples, 99), statistics.fmean(samples)
 
 
 def _count_gflop(run: Callable[[], None]) -> float | None:
@@ -133,7 +133,7 @@ def _reference(
     with torch.inference_mode():
         embeds = pipe.encode_prompt(PROMPT, device, 1, False)[0]
     height, width = size
-    pixels = torch.from_numpy(_picture(height, width)[..., :3]).to(device)
+    pixels = torch.from_numpy(picture(height, width)[..., :3]).to(device)
     image = pixels.permute(2, 0, 1).unsqueeze(0).to(dtype) / 255.0  # tensors in, as in [0, 1]
     generator = torch.Generator(device).manual_seed(0)
 
@@ -178,7 +178,7 @@ def _ours(
     )
     backend = TorchBackend.from_components(model, options)
     backend.set_prompt(backend.encode_prompt(PROMPT))
-    pixels = _picture(*size)
+    pixels = picture(*size)
     out = np.empty_like(pixels)
     params = FrameParams(feedback=0.1, smoothing=0.1)
 
@@ -306,13 +306,13 @@ def still_saving(
     """Feed one still picture at ``fps`` through the real engine, skip off then on."""
     import os
 
-    from livediffusion.controls import Controls, ControlStore
-    from livediffusion.engine import Engine, EngineOptions
+    from livediffusion.control.controls import Controls, ControlStore
+    from livediffusion.run.engine import Engine, EngineOptions
     from livediffusion_bridge import open_sink, open_source
     from livediffusion_bridge.memory import channel
 
     height, width = backend.model_size
-    picture = _picture(height, width)
+    still = picture(height, width)
     figures: dict[str, tuple[int, int, int, float]] = {}
     for label, skip in (("off", 0.0), ("on", threshold)):
         name = f"bench-still-{label}-{os.getpid()}"
@@ -328,7 +328,7 @@ def still_saving(
             started = time.monotonic()
             tick = started
             while time.monotonic() - started < seconds:
-                feed.push(picture)
+                feed.push(still)
                 tick += 1.0 / fps
                 time.sleep(max(0.0, tick - time.monotonic()))
             elapsed = time.monotonic() - started

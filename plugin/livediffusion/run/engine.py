@@ -24,13 +24,13 @@ from typing import Literal
 import numpy as np
 import numpy.typing as npt
 
-from livediffusion.controls import GLIDING_FIELDS, Controls, ControlStore
-from livediffusion.glide import Glide, Ramp
-from livediffusion.placeholder import Placeholder
-from livediffusion.prompts import PromptEncoder
-from livediffusion.similarity import SimilarityGate
-from livediffusion.slots import BufferPool, LatestSlot
-from livediffusion.status import Stats
+from livediffusion.control.controls import GLIDING_FIELDS, Controls, ControlStore
+from livediffusion.run.glide import Glide, Ramp
+from livediffusion.run.placeholder import Placeholder
+from livediffusion.run.prompts import PromptEncoder
+from livediffusion.run.similarity import SimilarityGate
+from livediffusion.run.slots import BufferPool, LatestSlot
+from livediffusion.run.status import Stats
 from livediffusion_bridge import Frame, FrameSink, FrameSource, TransportError
 from livediffusion_models.backends import Backend, FrameParams
 
@@ -158,7 +158,7 @@ class Engine:
     def open(self) -> Engine:
         """Start capturing and publishing now, before the model is there: until it is warm the
         sink gets the input passed through, marked ``LOADING``, or a card saying so while
-        there is no input (:mod:`livediffusion.placeholder`)."""
+        there is no input (:mod:`livediffusion.run.placeholder`)."""
         if not self._opened:
             self._opened = True
             capture, _, publish = self._threads

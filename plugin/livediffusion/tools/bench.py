@@ -21,6 +21,7 @@ import numpy as np
 
 from livediffusion.backends import build_backend
 from livediffusion.config import ServeConfig
+from livediffusion.tools.measure import percentile, picture
 
 __all__ = [
     "PAPER_M3_ULTRA_MS",
@@ -69,10 +70,6 @@ class BenchResult:
     stages: list[StageTiming] = field(default_factory=list)
 
 
-def _percentile(values: list[float], q: float) -> float:
-    return float(np.percentile(np.asarray(values), q))
-
-
 def _machine() -> str:
     parts = [platform.system(), platform.release(), platform.machine()]
     try:
@@ -86,18 +83,6 @@ def _machine() -> str:
     return ", ".join(parts)
 
 
-def _picture(height: int, width: int) -> np.ndarray:
-    """A structured picture (gradients), so no stage sees an all-constant input."""
-    rows = np.linspace(0, 255, height, dtype=np.float32)[:, None]
-    cols = np.linspace(0, 255, width, dtype=np.float32)[None, :]
-    pixels = np.empty((height, width, 4), dtype=np.uint8)
-    pixels[..., 0] = rows
-    pixels[..., 1] = cols
-    pixels[..., 2] = (rows + cols) / 2
-    pixels[..., 3] = 255
-    return pixels
-
-
 def run_bench(config: ServeConfig, *, frames: int = 50, warmup: int = 5) -> BenchResult:
     """Build the backend as ``serve`` would, warm it up, then time each stage ``frames`` times."""
     if frames < 1 or warmup < 0:
@@ -108,7 +93,7 @@ def run_bench(config: ServeConfig, *, frames: int = 50, warmup: int = 5) -> Benc
     try:
         backend.set_prompt(backend.encode_prompt("a benchmark of light and colour"))
         height, width = backend.model_size
-        pixels = _picture(height, width)
+        pixels = picture(height, width)
         out = np.empty_like(pixels)
         for _ in range(max(1, warmup)):
             backend.step(pixels, FrameParams(), out=out)
@@ -122,8 +107,8 @@ def run_bench(config: ServeConfig, *, frames: int = 50, warmup: int = 5) -> Benc
             stages.append(
                 StageTiming(
                     name=name,
-                    ms_p50=_percentile(samples, 50),
-                    ms_p99=_percentile(samples, 99),
+                    ms_p50=percentile(samples, 50),
+                    ms_p99=percentile(samples, 99),
                     ms_mean=statistics.fmean(samples),
                 )
             )
@@ -193,8 +178,13 @@ def run_comparison(
     """``bench --compare/--e2e/--still``: load the weights once, run what was asked, print
     each part as it finishes, then write the JSON and the chart."""
     from livediffusion.backends import BACKENDS, choose_backend
-    from livediffusion.bench_e2e import check_size, format_e2e, run_e2e
-    from livediffusion.bench_modes import compare_modes, format_modes, format_still, still_saving
+    from livediffusion.tools.bench_e2e import check_size, format_e2e, run_e2e
+    from livediffusion.tools.bench_modes import (
+        compare_modes,
+        format_modes,
+        format_still,
+        still_saving,
+    )
     from livediffusion_models.registry import get_model
     from livediffusion_models.weights import load_model
 
@@ -248,7 +238,7 @@ def run_comparison(
     if json_path:
         Path(json_path).write_text(json.dumps(report, indent=2), encoding="utf-8")
     if plot_path:
-        from livediffusion.bench_plot import plot
+        from livediffusion.tools.bench_plot import plot
 
         title = f"livediffusion, {spec.name} {size[1]}x{size[0]}, {report['machine']}"
         plot(rows, result, plot_path, title=title)
