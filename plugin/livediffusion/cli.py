@@ -290,8 +290,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _serve_config(args: argparse.Namespace) -> ServeConfig:
     """Defaults, then the --config file, then --preset's look values, then the flags."""
+    from livediffusion.config_file import config_from_values, read_config_file
     from livediffusion.control.presets import PresetFile
-    from livediffusion.options import config_from_values, read_config_file
 
     flags = {
         option.key: getattr(args, option.key) for option in OPTIONS if hasattr(args, option.key)
@@ -481,14 +481,15 @@ def _configure_logging(config: ServeConfig, *, verbose: bool) -> None:
 
 def _osc(args: argparse.Namespace) -> int:
     from livediffusion.control.controls import format_address_table
-    from livediffusion.options import _prefix
+    from livediffusion.option_values import _prefix
 
     print(format_address_table(_prefix(args.osc_prefix), markdown=args.markdown))
     return 0
 
 
 def _config(args: argparse.Namespace) -> int:
-    from livediffusion.options import format_toml, options_table, values_from_config
+    from livediffusion.config_file import format_toml, values_from_config
+    from livediffusion.options import options_table
 
     if args.table:
         print(options_table())

@@ -12,31 +12,47 @@ Precedence, lowest first: defaults, the config file, ``--preset`` (its look valu
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import ipaddress
 import json
-import re
 import sys
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 if sys.version_info >= (3, 11):
-    import tomllib
+    pass
 else:  # pragma: no cover - Python 3.10
-    import tomli as tomllib
+    pass
 
-from livediffusion.config import ServeConfig, default_sink, default_source, parse_size
+from livediffusion.config import ServeConfig, default_sink, default_source
 from livediffusion.control.controls import (
     CONTROLS,
     FIELD_ADDRESS,
-    ControlError,
     Controls,
-    parse_message,
 )
-from livediffusion_bridge import InvalidURIError, check_uri
-from livediffusion_bridge.uri import shorten
+from livediffusion.option_values import (
+    _PORT,
+    PREVIEW_MODES,
+    Parser,
+    _allow,
+    _backend,
+    _choice,
+    _control,
+    _fraction,
+    _host,
+    _host_port,
+    _midi_map,
+    _model,
+    _optional_text,
+    _optional_whole,
+    _positive,
+    _prefix,
+    _preview,
+    _seconds,
+    _size,
+    _states,
+    _switch,
+    _uri,
+)
 from livediffusion_models.coreml import (
     COMPUTE_UNITS,
     PRECISIONS,
@@ -52,12 +68,8 @@ __all__ = [
     "OPTIONS",
     "ConfigFileError",
     "Option",
-    "config_from_values",
-    "format_toml",
     "options_table",
-    "read_config_file",
     "show_default",
-    "values_from_config",
 ]
 
 GROUPS: Mapping[str, str] = {
@@ -76,9 +88,6 @@ class ConfigFileError(ValueError):
     """A config file that cannot be read, or holds an unknown key or a bad value."""
 
 
-Parser = Callable[[object], Any]
-
-
 @dataclass(frozen=True, slots=True)
 class Option:
     key: str
@@ -95,263 +104,6 @@ class Option:
     @property
     def flag(self) -> str:
         return "--" + self.key.replace("_", "-")
-
-
-# -- parsers: flag text or TOML value in, checked value out ---------------------------------
-
-
-def _show(value: object) -> str:
-    """A value as an error message echoes it: cut, so a pasted 3 KB prompt is not a 3 KB line."""
-    return shorten(repr(value) if isinstance(value, str) else str(value))
-
-
-def _text(value: object) -> str:
-    if not isinstance(value, str):
-        raise ValueError(f"must be a string, got {_show(value)}")
-    return value
-
-
-def _optional_text(value: object) -> str | None:
-    text = _text(value)
-    return text or None
-
-
-def _uri(role: Literal["source", "sink"], default: str) -> Parser:
-    """A source or sink URI, checked without opening it. An empty one is refused: it used
-    to mean the default silently, which a typo or an empty variable also produces."""
-
-    def parse(value: object) -> str:
-        text = _text(value).strip()
-        if not text:
-            raise ValueError(
-                f"must be a {role} URI such as {default} or test://pattern; leave it out "
-                f"for the default ({default})"
-            )
-        try:
-            check_uri(text, role=role)
-        except InvalidURIError as exc:
-            raise ValueError(str(exc)) from None
-        return text
-
-    return parse
-
-
-def _midi_map(value: object) -> str | None:
-    """A shipped map's name or a file, read and checked now rather than after OSC started."""
-    text = _optional_text(value)
-    if text is not None:
-        from livediffusion.control.midi import load_map
-
-        load_map(text)  # MidiMapError is a ValueError naming the file, entry and value
-    return text
-
-
-def _choice(choices: Sequence[str], *, none: str | None = None) -> Parser:
-    def parse(value: object) -> Any:
-        if none is not None and value == none:
-            return None
-        allowed = (*([none] if none else []), *choices)
-        if not isinstance(value, str) or value not in choices:
-            raise ValueError(f"must be one of {', '.join(allowed)}; got {_show(value)}")
-        return value
-
-    return parse
-
-
-def _number(value: object, kind: str) -> float:
-    if isinstance(value, bool):
-        raise ValueError(f"must be {kind}, got {_show(value)}")
-    if isinstance(value, int | float):
-        return float(value)
-    if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            pass
-    raise ValueError(f"must be {kind}, got {_show(value)}")
-
-
-def _whole(low: int, high: int) -> Parser:
-    kind = f"a whole number {low}..{high}"
-
-    def parse(value: object) -> int:
-        number = _number(value, kind)
-        if not number.is_integer() or not low <= number <= high:
-            raise ValueError(f"must be {kind}, got {_show(value)}")
-        return int(number)
-
-    return parse
-
-
-def _optional_whole(low: int, high: int) -> Parser:
-    whole = _whole(low, high)
-    return lambda value: None if value in ("", None) else whole(value)
-
-
-def _seconds(*, low: float = 0.0, optional: bool = False) -> Parser:
-    kind = f"a number of seconds >= {low:g}"
-
-    def parse(value: object) -> float | None:
-        if optional and value in ("", None):
-            return None
-        number = _number(value, kind)
-        if not number >= low or number == float("inf"):
-            raise ValueError(f"must be {kind}, got {_show(value)}")
-        return number
-
-    return parse
-
-
-def _positive(kind: str) -> Parser:
-    def parse(value: object) -> float:
-        number = _number(value, kind)
-        if not 0 < number < float("inf"):
-            raise ValueError(f"must be {kind}, got {_show(value)}")
-        return number
-
-    return parse
-
-
-def _fraction(value: object) -> float:
-    kind = "a number from 0 to 1"
-    number = _number(value, kind)
-    if not 0.0 <= number <= 1.0:
-        raise ValueError(f"must be {kind}, got {_show(value)}")
-    return number
-
-
-def _size(*, multiple_of: int) -> Parser:
-    def parse(value: object) -> tuple[int, int] | None:
-        if value in ("", None):
-            return None
-        text = str(value) if isinstance(value, int) and not isinstance(value, bool) else value
-        if not isinstance(text, str):
-            raise ValueError(f"must be N or WIDTHxHEIGHT, got {_show(value)}")
-        return parse_size(text, multiple_of=multiple_of)
-
-    return parse
-
-
-def _host(value: object) -> str:
-    host = _text(value).strip()
-    if not host or any(char.isspace() for char in host):
-        raise ValueError(f"must be an address like 127.0.0.1 or 0.0.0.0, got {_show(value)}")
-    return host
-
-
-_PORT = _whole(1, 65535)
-
-
-def _host_port(value: object) -> tuple[str, int] | None:
-    if value in ("", None):
-        return None
-    text = _text(value)
-    host, colon, port = text.rpartition(":")
-    if not colon or not host:
-        raise ValueError(f"must be HOST:PORT like 127.0.0.1:9001, got {_show(value)}")
-    try:
-        return _host(host.strip("[]")), _PORT(port)
-    except ValueError as exc:
-        raise ValueError(f"must be HOST:PORT like 127.0.0.1:9001 ({exc}), got {text!r}") from None
-
-
-_PREFIX = re.compile(r"^(/[A-Za-z0-9_.\-]+)+$")
-
-
-def _prefix(value: object) -> str:
-    text = _text(value)
-    if text == "":
-        return ""
-    if not _PREFIX.match(text):
-        raise ValueError(
-            "must be '' or like /stage1 (a leading slash, then letters, digits, _ . -, "
-            f"no trailing slash), got {text!r}"
-        )
-    return text
-
-
-def _allow(value: object) -> tuple[str, ...]:
-    entries: Iterable[object]
-    if isinstance(value, str):
-        entries = [part for part in value.split(",") if part.strip()]
-    elif isinstance(value, list | tuple):
-        entries = value
-    else:
-        raise ValueError(f"must be addresses or networks, got {_show(value)}")
-    checked = []
-    for entry in entries:
-        try:
-            checked.append(str(ipaddress.ip_network(_text(entry).strip(), strict=False)))
-        except ValueError:
-            raise ValueError(
-                f"must be addresses or networks like 192.168.1.20 or 192.168.1.0/24, "
-                f"got {_show(entry)}"
-            ) from None
-    return tuple(checked)
-
-
-def _switch(value: object) -> bool:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.lower() in (
-        "true",
-        "on",
-        "yes",
-        "1",
-        "false",
-        "off",
-        "no",
-        "0",
-    ):
-        return value.lower() in ("true", "on", "yes", "1")
-    raise ValueError(f"must be true or false, got {_show(value)}")
-
-
-PREVIEW_MODES = ("off", "on", "side-by-side")
-
-
-def _preview(value: object) -> str:
-    if isinstance(value, bool):
-        return "on" if value else "off"
-    return str(_choice(PREVIEW_MODES)(value))
-
-
-def _states(value: object) -> bool | None:
-    if value in ("auto", None):
-        return None
-    if isinstance(value, bool):
-        return value
-    if value in ("on", "off"):
-        return value == "on"
-    raise ValueError(f"must be one of auto, on, off; got {_show(value)}")
-
-
-def _control(field: str) -> Parser:
-    """A starting look value, checked exactly as the same OSC message would be."""
-    spec = CONTROLS[FIELD_ADDRESS[field]]
-
-    def parse(value: object) -> Any:
-        argument: object = value
-        if spec.kind != "text" and isinstance(value, str):
-            argument = _number(value, "a number")
-        try:
-            return parse_message(spec.address, (argument,)).value
-        except ControlError as exc:
-            raise ValueError(str(exc).replace(spec.address + " ", "", 1)) from None
-
-    return parse
-
-
-def _model(value: object) -> str:
-    from livediffusion_models.registry import MODELS
-
-    return str(_choice(tuple(MODELS))(value))
-
-
-def _backend(value: object) -> str:
-    from livediffusion.backends import BACKENDS
-
-    return str(_choice(("auto", *BACKENDS))(value))
 
 
 # -- the table ------------------------------------------------------------------------------
@@ -690,109 +442,6 @@ def defaults() -> dict[str, Any]:
     return {option.key: option.default for option in OPTIONS}
 
 
-# -- config file ----------------------------------------------------------------------------
-
-
-def read_config_file(path: str | Path) -> dict[str, Any]:
-    """A TOML file -> ``{key: checked value}``; keys may sit at the top or in their table."""
-    path = Path(path)
-    try:
-        document = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigFileError(f"config file {path} does not exist") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigFileError(f"cannot read config file {path}: {exc}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigFileError(f"{path} is not valid TOML: {exc}") from None
-    values: dict[str, Any] = {}
-    for name, item in document.items():
-        if isinstance(item, dict) and name in GROUPS:
-            for key, value in item.items():
-                _take(path, f"[{name}] {key}", key, value, values, group=name)
-        else:
-            _take(path, name, name, item, values, group=None)
-    return values
-
-
-def _take(
-    path: Path,
-    where: str,
-    key: str,
-    value: object,
-    values: dict[str, Any],
-    *,
-    group: str | None,
-) -> None:
-    option = BY_KEY.get(key)
-    if option is None:
-        close = difflib.get_close_matches(key, list(BY_KEY), n=3)
-        hint = (
-            f"; did you mean {', '.join(close)}?"
-            if close
-            else "; see `livediffusion config --print`"
-        )
-        raise ConfigFileError(f"{path}: {where}: unknown key{hint}")
-    if group is not None and option.group != group:
-        raise ConfigFileError(f"{path}: {where}: {key} belongs in [{option.group}]")
-    if key in values:
-        raise ConfigFileError(f"{path}: {where}: {key} is given twice")
-    try:
-        values[key] = option.parse(value)
-    except ValueError as exc:
-        shown = shorten(_toml_value(value))
-        raise ConfigFileError(f"{path}: {where} = {shown}: {exc}") from None
-
-
-# -- to a ServeConfig and back --------------------------------------------------------------
-
-
-def config_from_values(values: Mapping[str, Any]) -> ServeConfig:
-    """Checked values (any subset) over the defaults -> a :class:`ServeConfig`."""
-    merged = defaults() | dict(values)
-    strength = merged["strength"]
-    if strength is None:
-        from livediffusion_models.registry import get_model
-
-        strength = get_model(merged["model"]).default_strength
-    controls = Controls(
-        **{
-            field.name: merged[field.name]
-            for field in dataclasses.fields(Controls)
-            if field.name in BY_KEY and field.name != "strength"
-        },
-        strength=strength,
-    )
-    coreml = CoreMLSettings(
-        **{field.name: merged[field.name] for field in dataclasses.fields(CoreMLSettings)}
-    )
-    serve = {
-        field.name: merged[field.name]
-        for field in dataclasses.fields(ServeConfig)
-        if field.name in BY_KEY
-    }
-    if serve["osc_echo"] and serve["osc_reply"] is None:
-        raise ValueError("--osc-echo (osc_echo) sends to --osc-reply: give osc_reply too")
-    if serve["midi"] is not None and serve["midi_map"] is None:
-        raise ValueError(
-            "--midi needs --midi-map: a shipped map (nanokontrol2, midimix, launchcontrol_xl) "
-            "or a TOML file; `livediffusion midi --learn` helps write one"
-        )
-    return ServeConfig(controls=controls, coreml=coreml, **serve)
-
-
-def values_from_config(config: ServeConfig) -> dict[str, Any]:
-    """The inverse of :func:`config_from_values`: every key's effective value."""
-    values: dict[str, Any] = {}
-    for option in OPTIONS:
-        if hasattr(config, option.key):
-            values[option.key] = getattr(config, option.key)
-        elif hasattr(config.controls, option.key):
-            values[option.key] = getattr(config.controls, option.key)
-        else:
-            values[option.key] = getattr(config.coreml, option.key)
-    return values
-
-
 def _toml_value(value: object) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
@@ -815,24 +464,6 @@ def _as_option_value(key: str, value: object) -> object:
     if key == "target" and value is None:
         return "auto"
     return value
-
-
-def format_toml(values: Mapping[str, Any]) -> str:
-    """Every key, in tables by group, each with its help; unset values are comments."""
-    lines: list[str] = []
-    for group in GROUPS:
-        lines.append(f"[{group}]")
-        for option in OPTIONS:
-            if option.group != group:
-                continue
-            value = _as_option_value(option.key, values.get(option.key, option.default))
-            lines.append(f"# {option.help}")
-            if value is None:
-                lines.append(f"# {option.key} =   (default: {option.default_text or 'unset'})")
-            else:
-                lines.append(f"{option.key} = {_toml_value(value)}")
-        lines.append("")
-    return "\n".join(lines)
 
 
 _UNSET: Any = object()

@@ -16,7 +16,8 @@ from typing import Any
 import pytest
 
 from livediffusion.control.controls import parse_message
-from livediffusion.control.midi import MidiError, MidiInput, MidiMapper, parse_map
+from livediffusion.control.midi import MidiError, MidiInput
+from livediffusion.control.midi_map import MidiMapper, parse_map
 
 pytestmark = pytest.mark.integration
 

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from livediffusion.tools.soak import DEFAULT_MAX_GROWTH_MB, format_report, run_soak, soak_command
+from livediffusion.tools.soak import run_soak, soak_command
+from livediffusion.tools.soak_report import DEFAULT_MAX_GROWTH_MB, format_report
 
 pytestmark = pytest.mark.integration
 pytest.importorskip("NDIlib", reason="ndi-python (the NDI runtime) is not installed")

@@ -21,16 +21,18 @@ from livediffusion.control.midi import (
     Learner,
     MidiError,
     MidiInput,
-    MidiMap,
-    MidiMapError,
-    MidiMapper,
     MidiUnavailable,
-    describe_map,
     find_port,
     learn,
     list_ports,
-    load_map,
     midi_command,
+)
+from livediffusion.control.midi_map import (
+    MidiMap,
+    MidiMapError,
+    MidiMapper,
+    describe_map,
+    load_map,
     parse_map,
     shipped_maps,
 )

@@ -11,18 +11,15 @@ from typing import Any
 import pytest
 
 from livediffusion.cli import _serve_config, build_parser
-from livediffusion.control.controls import Controls
-from livediffusion.control.presets import PresetFile
-from livediffusion.options import (
-    BY_KEY,
-    OPTIONS,
-    ConfigFileError,
+from livediffusion.config_file import (
     config_from_values,
     format_toml,
-    options_table,
     read_config_file,
     values_from_config,
 )
+from livediffusion.control.controls import Controls
+from livediffusion.control.presets import PresetFile
+from livediffusion.options import BY_KEY, OPTIONS, ConfigFileError, options_table
 
 # a value other than the default for every key, as a TOML file would hold it
 CHANGED: dict[str, str] = {

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from livediffusion.cli import build_parser
-from livediffusion.options import config_from_values, read_config_file
+from livediffusion.config_file import config_from_values, read_config_file
 from livediffusion_bridge import BackendUnavailableError, InvalidURIError, open_sink, open_source
 from livediffusion_bridge._window import MAX_HEIGHT, _fit
 

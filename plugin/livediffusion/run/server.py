@@ -212,7 +212,8 @@ def _osc_note(osc: OscServer) -> str:
 
 @contextmanager
 def _open_midi(config: ServeConfig, surface: ControlSurface, store: ControlStore) -> Iterator[None]:
-    from livediffusion.control.midi import MidiInput, MidiMapper, load_map
+    from livediffusion.control.midi import MidiInput
+    from livediffusion.control.midi_map import MidiMapper, load_map
 
     assert config.midi is not None and config.midi_map is not None
     mapper = MidiMapper(
