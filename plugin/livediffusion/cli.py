@@ -56,6 +56,16 @@ def _arguments(
         if option.boolean:
             group.add_argument(option.flag, action=argparse.BooleanOptionalAction, **extra)
             continue
+        if option.repeat:  # each occurrence's words are checked with the others, later
+            assert option.nargs is not None and option.metavar is not None
+            group.add_argument(
+                option.flag,
+                action="append",
+                nargs=option.nargs,
+                metavar=tuple(option.metavar.split()),
+                **extra,
+            )
+            continue
         if option.bare is not None:
             extra.update(nargs="?", const=option.parse(option.bare))
         group.add_argument(
@@ -296,6 +306,9 @@ def _serve_config(args: argparse.Namespace) -> ServeConfig:
     flags = {
         option.key: getattr(args, option.key) for option in OPTIONS if hasattr(args, option.key)
     }
+    for option in OPTIONS:
+        if option.repeat and option.key in flags:
+            flags[option.key] = _repeated(option, flags[option.key])
     values = read_config_file(args.config) if args.config else {}
     values.update(flags)
     config = config_from_values(values)
@@ -305,6 +318,17 @@ def _serve_config(args: argparse.Namespace) -> ServeConfig:
     kept = {key: value for key, value in preset.items() if key not in flags}
     log.info("starting from preset %d (%s)", config.preset, PresetFile(config.presets).path)
     return dataclasses.replace(config, controls=dataclasses.replace(config.controls, **kept))
+
+
+def _repeated(option: Option, given: list[list[str]]) -> tuple[Any, ...]:
+    """Each occurrence of a repeatable flag, checked; a bad one is argparse's kind of error."""
+    items = []
+    for words in given:
+        try:
+            items.append(option.parse(words))
+        except ValueError as exc:
+            raise ValueError(f"{option.flag} {' '.join(words)}: {exc}") from None
+    return tuple(items)
 
 
 def _list_sources(timeout: float) -> int:

@@ -9,12 +9,21 @@ from __future__ import annotations
 import re
 import sys
 from dataclasses import dataclass, field
+from typing import Any
 
 from livediffusion.control.controls import Controls
 from livediffusion_models.coreml import CoreMLSettings
 from livediffusion_models.imaging import FitMode
 
-__all__ = ["CoreMLSettings", "ServeConfig", "default_sink", "default_source", "parse_size"]
+__all__ = [
+    "MAX_STREAMS",
+    "CoreMLSettings",
+    "ServeConfig",
+    "StreamConfig",
+    "default_sink",
+    "default_source",
+    "parse_size",
+]
 
 SERVICE_NAME = "livediffusion"
 
@@ -45,6 +54,29 @@ def parse_size(text: str, *, multiple_of: int = 1) -> tuple[int, int]:
     return height, width
 
 
+MAX_STREAMS = 16
+"""Streams one ``serve`` takes: they run as one batch, so each one costs GPU time and memory
+for the others too (measured up to 8 on an H200: docs/benchmarks.md)."""
+
+
+@dataclass(frozen=True, slots=True)
+class StreamConfig:
+    """One named source -> sink pair of ``serve``, with its own controls and starting look.
+
+    With no ``--stream`` the server runs one stream named ``""`` from ``--source`` to
+    ``--sink``, whose OSC addresses carry no name (``/strength``); a named stream's carry it
+    (``/cam/strength``).
+    """
+
+    name: str
+    source: str
+    sink: str
+    controls: Controls = field(default_factory=Controls)
+    look: tuple[tuple[str, Any], ...] = ()
+    """The look keys its ``[[stream]]`` table set over the shared starting look (what
+    ``config --print`` writes back)."""
+
+
 @dataclass(frozen=True, slots=True)
 class ServeConfig:
     source: str = field(default_factory=default_source)  # syphon:// on macOS, else ndi://
@@ -69,6 +101,8 @@ class ServeConfig:
     midi: str | None = None  # input port name (or part of it)
     midi_map: str | None = None  # a shipped map's name or a file
     controls: Controls = field(default_factory=Controls)
+    streams: tuple[StreamConfig, ...] = ()  # --stream / [[stream]]; () = one, source -> sink
+    midi_stream: str | None = None  # the stream MIDI drives; None: every stream
     preset: int | None = None  # recall this preset at start-up
     presets: str | None = None  # the preset file; None: the user config directory's
     recall_glide: float = 1.0  # seconds a recall glides when /glide is 0
@@ -80,3 +114,9 @@ class ServeConfig:
     duration: float | None = None  # stop by itself after this many seconds (demos, soak)
     log_level: str = "info"
     log_file: str | None = None
+
+    def stream_list(self) -> tuple[StreamConfig, ...]:
+        """The streams to run: the named ones, or the one from ``source`` to ``sink``."""
+        if self.streams:
+            return self.streams
+        return (StreamConfig("", self.source, self.sink, self.controls),)

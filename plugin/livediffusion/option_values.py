@@ -8,7 +8,7 @@ import re
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Literal
 
-from livediffusion.config import parse_size
+from livediffusion.config import StreamConfig, parse_size
 from livediffusion.control.controls import (
     CONTROLS,
     FIELD_ADDRESS,
@@ -277,3 +277,76 @@ def _backend(value: object) -> str:
     from livediffusion.backends import BACKENDS
 
     return str(_choice(("auto", *BACKENDS))(value))
+
+
+# -- streams (--stream NAME SOURCE SINK, [[stream]] tables) ---------------------------------
+
+_STREAM_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9]{0,31}$")
+_TAKEN_BY_ADDRESSES = frozenset(address.split("/")[1].lower() for address in CONTROLS) | {
+    "lora",
+    "controlnet",
+    "stream",
+    "streams",
+}
+"""First address segments the server answers without a stream name: a stream called
+``status`` would make ``/status/...`` mean two things."""
+
+
+def _stream_name(value: object) -> str:
+    """A stream's name: the first part of its OSC addresses (``/cam/strength``), so letters
+    and digits only (TouchDesigner channel names turn ``/`` into ``_``: ``cam_strength``)."""
+    text = _text(value).strip()
+    if not _STREAM_NAME.match(text):
+        raise ValueError(
+            f"a stream name is a letter, then letters or digits (at most 32), like cam or "
+            f"layer2; got {_show(text)}"
+        )
+    if text.lower() in _TAKEN_BY_ADDRESSES:
+        raise ValueError(
+            f"stream name {text!r} is already an OSC address (/{text.lower()}); pick another"
+        )
+    return text
+
+
+def _stream(value: object) -> StreamConfig:
+    """``NAME SOURCE SINK`` from the command line, or a ``[[stream]]`` table (``name``,
+    ``source``, ``sink`` and any starting look key: ``prompt``, ``strength`` ...) ->
+    a :class:`~livediffusion.config.StreamConfig` whose controls the caller fills in."""
+    if isinstance(value, list | tuple) and len(value) == 3:
+        name, source, sink = value
+        look: dict[str, Any] = {}
+    elif isinstance(value, dict):
+        table = dict(value)
+        missing = [key for key in ("name", "source", "sink") if key not in table]
+        if missing:
+            raise ValueError(
+                f"a [[stream]] table needs name, source and sink; {', '.join(missing)} missing"
+            )
+        name, source, sink = table.pop("name"), table.pop("source"), table.pop("sink")
+        look = {}
+        for key, item in table.items():
+            if key not in FIELD_ADDRESS:
+                known = ", ".join(("name", "source", "sink", *FIELD_ADDRESS))
+                raise ValueError(f"stream {_show(name)}: unknown key {key!r}; known: {known}")
+            try:
+                look[key] = _control(key)(item)
+            except ValueError as exc:
+                raise ValueError(f"stream {_show(name)}: {key}: {exc}") from None
+    else:
+        raise ValueError(
+            "must be NAME SOURCE SINK (--stream cam ndi://CAM ndi://cam-out) or a [[stream]] "
+            f"table with name, source and sink; got {_show(value)}"
+        )
+    checked = _stream_name(name)
+    try:
+        source_uri = _uri("source", "ndi://NAME")(source)
+        sink_uri = _uri("sink", "ndi://NAME")(sink)
+    except ValueError as exc:
+        raise ValueError(f"stream {checked!r}: {exc}") from None
+    return StreamConfig(checked, source_uri, sink_uri, look=tuple(look.items()))
+
+
+def _optional_stream_name(value: object) -> str | None:
+    if value in ("", None):
+        return None
+    return _stream_name(value)

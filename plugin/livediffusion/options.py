@@ -42,6 +42,7 @@ from livediffusion.option_values import (
     _host_port,
     _midi_map,
     _model,
+    _optional_stream_name,
     _optional_text,
     _optional_whole,
     _positive,
@@ -50,6 +51,7 @@ from livediffusion.option_values import (
     _seconds,
     _size,
     _states,
+    _stream,
     _switch,
     _uri,
 )
@@ -100,6 +102,10 @@ class Option:
     default_text: str | None = None  # how the docs show a default that is not a value
     boolean: bool = False  # an on/off flag: --x / --no-x
     bare: str | None = None  # what the flag means given alone (--preview): its value is optional
+    nargs: int | None = None  # a flag of several words (--stream NAME SOURCE SINK)
+    repeat: bool = False
+    """Given again, it adds one more (``--stream``); in a config file an array of tables
+    (``[[stream]]``) whose items are parsed one by one."""
 
     @property
     def flag(self) -> str:
@@ -150,6 +156,20 @@ def _build_options() -> tuple[Option, ...]:
             _uri("sink", default_sink()),
             metavar="URI",
             default_text=f"{default_sink('darwin')} on macOS, else {default_sink('linux')}",
+        ),
+        Option(
+            "stream",
+            "frames",
+            "one named stream from SOURCE to SINK, with its own controls under /NAME "
+            "(/cam/strength); repeat it for several, all through one batched model; instead "
+            "of --source/--sink. In a config file: [[stream]] tables with name, source, sink "
+            "and any starting look key",
+            _stream,
+            (),
+            metavar="NAME SOURCE SINK",
+            nargs=3,
+            repeat=True,
+            default_text="one stream, --source to --sink",
         ),
         _serve(
             "size",
@@ -386,6 +406,14 @@ def _build_options() -> tuple[Option, ...]:
             metavar="MAP",
         ),
         _serve(
+            "midi_stream",
+            "midi",
+            "with several streams: the one MIDI drives (default: every stream)",
+            _optional_stream_name,
+            metavar="NAME",
+            default_text="every stream",
+        ),
+        _serve(
             "on_source_loss",
             "frames",
             "what the output shows while the source is away: the last output, black, or the "
@@ -497,5 +525,8 @@ def options_table() -> str:
             default = _toml_value(_as_option_value(option.key, option.default))
         flag = f"`{option.flag}`" + (f" / `--no-{option.flag[2:]}`" if option.boolean else "")
         help = option.help.replace("|", "\\|")
-        rows.append(f"| {flag} | `[{option.group}] {option.key}` | {default} | {help} |")
+        key = f"[[{option.key}]]" if option.repeat else f"[{option.group}] {option.key}"
+        if option.nargs:
+            flag = f"`{option.flag} {option.metavar}`"
+        rows.append(f"| {flag} | `{key}` | {default} | {help} |")
     return "\n".join(rows)

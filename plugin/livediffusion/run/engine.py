@@ -1,13 +1,20 @@
-"""Three threads joined by latest-frame slots: capture -> inference -> publish.
+"""Threads joined by latest-frame slots: capture -> inference -> publish, per stream.
 
 ::
 
-    source --capture--> [input slot] --inference--> [output slot] --publish--> sink
+    source --capture--> [input slot] --+                  +--> [output slot] --publish--> sink
+    source --capture--> [input slot] --+--inference(one)--+--> [output slot] --publish--> sink
 
 Each slot holds one frame; a frame that is replaced before it was taken is dropped and
 counted. So a model slower than the source never builds a queue, and latency stays one
 frame's work plus at most one frame's wait. Controls never travel through the frame threads:
-the inference thread reads one :class:`Controls` snapshot per frame.
+the inference thread reads one :class:`Controls` snapshot per stream and frame.
+
+Every stream (:class:`~livediffusion.run.lane.Lane`) has its own capture and publish threads;
+the one inference thread runs the newest frame of every stream that has one through the model
+as one batch (:meth:`Backend.step_many`): one compiled step, one CUDA graph. When some streams
+have a frame and others are about to, it waits a few milliseconds (``gather``) so they share
+the batch rather than each costing a whole one.
 """
 
 from __future__ import annotations
@@ -16,7 +23,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Literal
@@ -24,21 +31,17 @@ from typing import Literal
 import numpy as np
 import numpy.typing as npt
 
-from livediffusion.control.controls import GLIDING_FIELDS, Controls, ControlStore
-from livediffusion.run.glide import Glide, Ramp
-from livediffusion.run.placeholder import Placeholder
-from livediffusion.run.prompts import PromptEncoder
-from livediffusion.run.similarity import SimilarityGate
-from livediffusion.run.slots import BufferPool, LatestSlot
+from livediffusion.control.controls import ControlStore
+from livediffusion.run.lane import POLL, Lane, LaneOptions, Stream
 from livediffusion.run.status import Stats
-from livediffusion_bridge import Frame, FrameSink, FrameSource, TransportError
+from livediffusion_bridge import Frame, FrameSink, FrameSource
 from livediffusion_models.backends import Backend, FrameParams
 
-__all__ = ["Engine", "EngineOptions"]
+__all__ = ["Engine", "EngineOptions", "Stream"]
 
 log = logging.getLogger(__name__)
 
-_POLL = 0.1  # seconds a thread waits before re-checking for shutdown
+_POLL = POLL
 
 
 SourceLoss = Literal["last", "black", "hold-input"]
@@ -66,77 +69,125 @@ class EngineOptions:
     """(height, width) of the loading card while there is neither a model nor an input."""
     placeholder_fps: float = 15.0
     """At most this many placeholder frames a second: the model is loading on the same CPU."""
+    gather: float = 0.008
+    """With several streams: how long (s) a frame may wait for the other streams' frames
+    that are due, so they go through the model in one batch instead of one batch each."""
 
-
-@dataclass(frozen=True, slots=True)
-class _Result:
-    pixels: npt.NDArray[np.uint8]
-    captured: float
+    def lane_options(self) -> LaneOptions:
+        return LaneOptions(
+            output_size=self.output_size,
+            on_source_loss=self.on_source_loss,
+            fallback_fps=self.fallback_fps,
+            max_failures=self.max_failures,
+            retry_after=self.retry_after,
+            skip_similar=self.skip_similar,
+            placeholder_size=self.placeholder_size,
+            placeholder_fps=self.placeholder_fps,
+        )
 
 
 class Engine:
-    """Owns the three frame threads and the prompt thread; not the source, sink or backend.
+    """Owns the frame threads of every stream and the one inference thread; not the sources,
+    sinks or backend.
+
+    One stream: ``Engine(source=..., sink=..., controls=...)``. Several:
+    ``Engine(streams=[Stream(source, sink, controls, name="cam"), ...])``, with a backend
+    built for that many (``backend.streams``); stream ``k`` is the backend's row ``k``.
 
     Two ways to start: :meth:`start` with the backend given to the constructor (or to
     ``start``) runs everything once the model is warm. The server calls :meth:`open` first,
-    before the model exists: the capture and publish threads start at once and the sink
-    shows the input (or a card) marked as loading, so hosts can find and pick the output
+    before the model exists: the capture and publish threads start at once and the sinks
+    show the input (or a card) marked as loading, so hosts can find and pick the outputs
     while the weights load; ``start(backend)`` then brings the model in.
     """
 
     def __init__(
         self,
         *,
-        source: FrameSource,
-        sink: FrameSink,
+        source: FrameSource | None = None,
+        sink: FrameSink | None = None,
+        controls: ControlStore | None = None,
+        streams: Sequence[Stream] = (),
         backend: Backend | None = None,
-        controls: ControlStore,
         options: EngineOptions | None = None,
         stop: threading.Event | None = None,
     ) -> None:
         """``stop``: an event shared with the caller (its signal handler), so setting it both
         stops running threads and cuts a start-up warm-up short. ``backend``: may come later,
         through :meth:`start`."""
-        self.source = source
-        self.sink = sink
+        if streams and (source is not None or sink is not None or controls is not None):
+            raise ValueError("give either streams or one source, sink and controls")
+        if not streams:
+            if source is None or sink is None or controls is None:
+                raise ValueError("an engine needs a source, a sink and controls (or streams)")
+            streams = (Stream(source, sink, controls),)
+        names = [stream.name for stream in streams]
+        if len(set(names)) != len(names):
+            raise ValueError(f"stream names must differ: {names}")
         self._backend = backend
-        self.controls = controls
         self.options = options or EngineOptions()
-        self.stats = Stats(backend=backend.name if backend is not None else "starting")
-        self._inputs: LatestSlot[Frame] = LatestSlot()
-        self._outputs: LatestSlot[_Result] = LatestSlot()
-        self._pool = BufferPool()
-        first = controls.snapshot()
-        self._prompt_glide = Glide(first.prompt_glide)
-        self._seed_glide = Glide(first.seed_glide)
-        self._ramps = {field: Ramp(getattr(first, field)) for field in GLIDING_FIELDS}
-        self._resets = controls.resets
-        self._has_b = False  # a B prompt has reached the backend
-        self._prompts: PromptEncoder | None = None  # made with the backend
         self._stop = stop or threading.Event()
+        self._warm = threading.Event()
+        self._arrived = threading.Event()  # a capture thread has put a frame in its slot
+        lane_options = self.options.lane_options()
+        self.lanes: tuple[Lane, ...] = tuple(
+            Lane(
+                stream,
+                index=index,
+                options=lane_options,
+                stop=self._stop,
+                warm=self._warm,
+                arrived=self._arrived,
+                fail=self._lane_failed,
+                backend=lambda: self.backend,
+            )
+            for index, stream in enumerate(streams)
+        )
+        self.model_stats = Stats()  # the model's time per batch: the watchdog's yardstick
         self._errors: list[BaseException] = []
-        self._threads = [
-            threading.Thread(target=self._guard(self._capture), name="capture", daemon=True),
-            threading.Thread(target=self._guard(self._infer), name="inference", daemon=True),
-            threading.Thread(target=self._guard(self._publish), name="publish", daemon=True),
-        ]
+        self._inference = threading.Thread(
+            target=self._guard(self._infer), name="inference", daemon=True
+        )
         self._started = False
         self._opened = False  # capture and publish run (placeholders until warm)
         self._stopped = False
-        self._warm = threading.Event()
-        self._placeholder = Placeholder()
-        self.placeholders = 0  # placeholder frames published before the model was warm
-        self._busy_since: float | None = None  # when the frame now in the model started
+        self._busy_since: float | None = None  # when the batch now in the model started
         self._warmup_seconds = 0.0  # how long the warm-up took: the first frame's yardstick
-        self._last_input = 0.0  # monotonic time of the newest input frame
-        self._held: Frame | None = None  # the newest input, for --on-source-loss hold-input
-        self._failures = 0  # consecutive failed frames
-        self._degraded_until: float | None = None  # bypassing the model until then
-        self._fallback_shown = False
-        self._seed = 0  # the seed whose noise the backend holds; set in start()
-        self._gate = SimilarityGate(self.options.skip_similar)
-        self._last_model_out: npt.NDArray[np.uint8] | None = None  # what a skip republishes
-        self.skipped = 0  # frames that reused the last output (--skip-similar)
+        # One batch's arguments, made once: a stream without a frame this time is None.
+        count = len(self.lanes)
+        self._pixels: list[npt.NDArray[np.uint8] | None] = [None] * count
+        self._params: list[FrameParams | None] = [None] * count
+        self._outs: list[npt.NDArray[np.uint8] | None] = [None] * count
+        self._frames: list[Frame | None] = [None] * count
+
+    # -- the first stream's view (one stream: the whole engine) -----------------------------
+
+    @property
+    def source(self) -> FrameSource:
+        return self.lanes[0].source
+
+    @property
+    def sink(self) -> FrameSink:
+        return self.lanes[0].sink
+
+    @property
+    def controls(self) -> ControlStore:
+        return self.lanes[0].controls
+
+    @property
+    def stats(self) -> Stats:
+        """The first stream's counters (the only stream's, without --stream)."""
+        return self.lanes[0].stats
+
+    @property
+    def placeholders(self) -> int:
+        """Placeholder frames published before the model was warm, every stream."""
+        return sum(lane.placeholders for lane in self.lanes)
+
+    @property
+    def skipped(self) -> int:
+        """Frames that reused the last output (--skip-similar), every stream."""
+        return sum(lane.skipped for lane in self.lanes)
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -156,41 +207,36 @@ class Engine:
         return self._warm.is_set()
 
     def open(self) -> Engine:
-        """Start capturing and publishing now, before the model is there: until it is warm the
-        sink gets the input passed through, marked ``LOADING``, or a card saying so while
-        there is no input (:mod:`livediffusion.run.placeholder`)."""
+        """Start capturing and publishing now, before the model is there: until it is warm
+        each sink gets its input passed through, marked ``LOADING``, or a card saying so
+        while there is no input (:mod:`livediffusion.run.placeholder`)."""
         if not self._opened:
             self._opened = True
-            capture, _, publish = self._threads
-            capture.start()
-            publish.start()
+            for lane in self.lanes:
+                for thread in lane.threads:
+                    thread.start()
         return self
 
     def start(self, backend: Backend | None = None) -> Engine:
-        """Encode the starting prompt, start the threads, and return once the model is warm
+        """Encode the starting prompts, start the threads, and return once the model is warm
         (or ``stop`` was set meanwhile)."""
         if backend is not None:
             if self._backend is not None and self._backend is not backend:
                 raise RuntimeError("the engine has a backend already")
             self._backend = backend
-            self.stats.backend = backend.name
         backend = self.backend
-        prompts = self._prompts = PromptEncoder(backend.encode_prompt, self.controls)
-        first = self.controls.snapshot()
-        backend.set_prompt(prompts.encode(first.prompt))
-        if first.prompt_b:
-            backend.set_prompt(prompts.encode(first.prompt_b), slot="b")
-            self._has_b = True
-        backend.set_seed(first.seed)
-        self._seed = first.seed
-        prompts.start()
-        capture, inference, publish = self._threads
-        inference.start()  # it warms up first; frames would only be dropped meanwhile
+        if backend.streams < len(self.lanes):
+            raise ValueError(
+                f"{len(self.lanes)} streams need a backend built for {len(self.lanes)}; "
+                f"{backend.name} serves {backend.streams}"
+            )
+        for lane in self.lanes:
+            lane.stats.backend = backend.name
+            lane.start_prompts(backend)
+        self._inference.start()  # it warms up first; frames would only be dropped meanwhile
         while not self._warm.wait(0.1) and not self._stop.is_set():
             pass
-        if not self._opened:
-            capture.start()
-            publish.start()
+        self.open()
         self._started = True
         return self
 
@@ -200,8 +246,16 @@ class Engine:
 
     @property
     def errors(self) -> list[BaseException]:
-        """Exceptions that stopped a frame thread (the engine stops when one does)."""
+        """Exceptions that stopped a frame thread or a stream."""
         return list(self._errors)
+
+    def _lane_failed(self, lane: Lane, exc: BaseException) -> None:
+        """A stream cannot go on: stop it; stop everything when no stream is left."""
+        self._errors.append(exc)
+        if all(other.failed is not None for other in self.lanes):
+            self._stop.set()
+        elif len(self.lanes) > 1:
+            log.error("%sSTOPPED (%s); the other streams go on", lane.label, exc)
 
     def stop(self, timeout: float = 1.0) -> list[str]:
         """Stop and join every thread; returns the names of threads that did not finish.
@@ -213,32 +267,36 @@ class Engine:
         to free the model under them. Calling it again does not wait again.
         """
         self._stop.set()
+        threads = self._threads()
         if self._stopped:
-            return [thread.name for thread in self._threads if thread.is_alive()]
+            return [thread.name for thread in threads if thread.is_alive()]
         self._stopped = True
-        prompts = self._prompts
-        if prompts is not None:
-            prompts.close(timeout=0.0)  # told now, joined below with the rest
+        for lane in self.lanes:
+            lane.close_prompts(timeout=0.0)  # told now, joined below with the rest
         now = time.monotonic()
         deadline = now + timeout
-        capture, inference, publish = self._threads
         finish = self._frame_ends(now)
-        waits = [
-            (capture, deadline),
-            (publish, deadline),
-            (inference, min(deadline, finish) if finish <= deadline or finish == math.inf else now),
-        ]
+        waits = [(thread, deadline) for lane in self.lanes for thread in lane.threads]
+        waits.append(
+            (
+                self._inference,
+                min(deadline, finish) if finish <= deadline or finish == math.inf else now,
+            )
+        )
         stuck = []
         for thread, until in waits:
             if thread.is_alive():
                 thread.join(max(0.0, until - time.monotonic()))
                 if thread.is_alive():
                     stuck.append(thread.name)
-        if prompts is not None:
-            prompts.close(timeout=max(0.0, deadline - time.monotonic()))
+        for lane in self.lanes:
+            lane.close_prompts(timeout=max(0.0, deadline - time.monotonic()))
         if stuck:
             log.info("not waiting for the %s thread (a frame is in flight)", ", ".join(stuck))
         return stuck
+
+    def _threads(self) -> list[threading.Thread]:
+        return [self._inference, *(thread for lane in self.lanes for thread in lane.threads)]
 
     def _frame_ends(self, now: float) -> float:
         """When the frame now in the model should be done (plus a margin), or ``now`` when
@@ -246,7 +304,7 @@ class Engine:
         since = self._busy_since
         if since is None:
             return math.inf  # between frames: the thread sees the stop within a poll
-        typical = self.stats.step_p50()
+        typical = self.model_stats.step_p50()
         if not self._warm.is_set() or typical <= 0.0:
             return now
         return since + 1.5 * typical + _POLL
@@ -254,7 +312,7 @@ class Engine:
     @property
     def busy(self) -> bool:
         """A frame thread is still inside the model or a transport: do not free them."""
-        return any(thread.is_alive() for thread in self._threads)
+        return any(thread.is_alive() for thread in self._threads())
 
     @property
     def warming_for(self) -> float | None:
@@ -269,7 +327,7 @@ class Engine:
     def stall_limit(self) -> float:
         """Seconds a frame may take here before it counts as stalled: several times this
         machine's typical frame, never less than the floor."""
-        typical = self.stats.step_p50() or self._warmup_seconds
+        typical = self.model_stats.step_p50() or self._warmup_seconds
         return max(self.options.stall_after, self.options.stall_factor * typical)
 
     def stalled_for(self, now: float | None = None) -> float | None:
@@ -284,8 +342,12 @@ class Engine:
 
     @property
     def degraded(self) -> bool:
-        """The model kept failing: frames pass through unprocessed for now."""
-        return self._degraded_until is not None
+        """The model kept failing (on the first stream): its frames pass through for now."""
+        return self.lanes[0].degraded_until is not None
+
+    def source_lost(self, now: float | None = None) -> bool:
+        """The first stream's source says it waits for its sender, or sends nothing."""
+        return self.lanes[0].source_lost(now)
 
     def __enter__(self) -> Engine:
         return self.start()
@@ -309,277 +371,106 @@ class Engine:
 
         return run
 
-    # -- the three frame threads ---------------------------------------------------------
-
-    def _capture(self) -> None:
-        while not self._stop.is_set():
-            frame = self.source.read(timeout=_POLL)
-            if frame is None:
-                continue
-            now = time.monotonic()
-            self._last_input = now
-            self.stats.frame_in(now)
-            if self._inputs.put(frame) is not None:
-                self.stats.frame_dropped()
+    # -- the inference thread ------------------------------------------------------------------
 
     def _infer(self) -> None:
         # Warm up here, not on the caller's thread: CUDA libraries keep per-thread handles and
         # workspaces, so a warm-up elsewhere leaves this thread's first frame slow.
-        log.info("warming up %s ...", self.backend.name)
+        backend = self.backend
+        log.info("warming up %s ...", backend.name)
         self._busy_since = time.monotonic()
-        self._warmup_seconds = self.backend.warmup()
+        self._warmup_seconds = backend.warmup()
         log.info("warm in %.1f s", self._warmup_seconds)
         self._busy_since = None
-        self.stats.backend = self.backend.name  # a compile that fell back renames it
+        for lane in self.lanes:
+            lane.stats.backend = backend.name  # a compile that fell back renames it
         self._warm.set()
         first_frame = True
         while not self._stop.is_set():
-            frame = self._inputs.take(timeout=_POLL)
-            if frame is None:
-                self._fallback_if_lost()
+            if not self._gather():
+                for lane in self.lanes:
+                    lane.fallback_if_lost()
                 continue
             if self._stop.is_set():
                 break  # stopped while waiting: no new frame into the model now
-            self._held = frame
-            self._fallback_shown = False
-            controls = self.controls.snapshot()
-            if self.controls.resets != self._resets:
-                self._resets = self.controls.resets
-                self.backend.reset()
-                self._gate.forget()
-                log.info("temporal state reset")
-            if controls.paused:
-                continue  # the sink keeps showing the last published frame
-            out_h, out_w = self.options.output_size or (frame.height, frame.width)
-            out = self._pool.acquire((out_h, out_w, 4))
-            if controls.bypass or not self._model_due():
-                self.backend.passthrough(frame.pixels, out=out)
-            else:
-                params = self._frame_params(controls)
-                if self._skip(frame.pixels, params, out):
-                    self._put_output(out, frame.timestamp)
-                    continue
-                started = time.monotonic()
-                self._busy_since = started
-                try:
-                    self.backend.step(frame.pixels, params, out=out)
-                except Exception as exc:
-                    self._busy_since = None
-                    self._pool.release(out)
-                    self._gate.forget()
-                    self._failed(exc)
-                    continue
-                self._busy_since = None
-                self.stats.step_time(time.monotonic() - started)
-                self._recovered()
-                self._remember(frame.pixels, params, out)
-                if first_frame:
-                    log.info(
-                        "first frame processed in %.0f ms", 1000 * (time.monotonic() - started)
-                    )
-                    first_frame = False
-            self._put_output(out, frame.timestamp)
+            if self._run_batch() and first_frame:
+                log.info("first frame processed in %.0f ms", 1000 * self.model_stats.step_p50())
+                first_frame = False
 
-    def _publish_placeholders(self) -> bool:
-        """Until the model is warm: the newest input passed through and marked, or a loading
-        card while there is none, at most ``placeholder_fps``. The capture thread already
-        fills the input slot; the inference thread does not take from it before it is warm.
-        False when the sink cannot publish at all (said once; the engine stops)."""
-        period = 1.0 / self.options.placeholder_fps
-        last_sent = 0.0
-        buffer: npt.NDArray[np.uint8] | None = None
-        while not self._warm.is_set() and not self._stop.is_set():
-            frame = self._inputs.take(timeout=period)
-            now = time.monotonic()
-            if now - last_sent < period:
-                continue  # the input is faster than placeholders need to be
-            if frame is None and not (self._last_input == 0.0 or self.source_lost(now)):
-                continue  # a slow input: receivers keep the last picture meanwhile
-            if frame is not None:
-                shape = (*(self.options.output_size or (frame.height, frame.width)), 4)
-            else:
-                shape = (*(self.options.output_size or self.options.placeholder_size), 4)
-            if buffer is None or buffer.shape != shape:
-                buffer = np.empty(shape, dtype=np.uint8)
-            if frame is not None:
-                self._placeholder.from_input(frame.pixels, buffer)
-            else:
-                self._placeholder.card(buffer)
-            try:
-                self.sink.publish(buffer)
-            except TransportError as exc:
-                log.error("cannot publish to %s: %s", self.sink.uri, exc)
-                self._errors.append(exc)
-                self._stop.set()
-                return False
-            last_sent = now
-            self.placeholders += 1
-        return not self._stop.is_set()
+    def _gather(self) -> bool:
+        """Take the newest frame of every stream into ``_frames``; False when none came.
 
-    # -- --skip-similar -----------------------------------------------------------------------
-
-    def _skip(
-        self, pixels: npt.NDArray[np.uint8], params: FrameParams, out: npt.NDArray[np.uint8]
-    ) -> bool:
-        last = self._last_model_out
-        if last is None or last.shape != out.shape or not self._gate.similar(pixels, params):
+        With several streams, once one frame is here, wait up to ``gather`` for the streams
+        whose frames are due (they had frames and are on time), so one batch serves them
+        all; a stream that is away, paused by its source or slower is not waited for.
+        """
+        lanes, frames = self.lanes, self._frames
+        if not self._arrived.wait(_POLL):
             return False
-        np.copyto(out, last)
-        self.skipped += 1
-        return True
+        self._arrived.clear()
+        for k, lane in enumerate(lanes):
+            frames[k] = lane.inputs.take_now() if lane.running else None
+        if len(lanes) > 1 and self.options.gather > 0:
+            deadline = time.monotonic() + self.options.gather
+            while True:
+                now = time.monotonic()
+                due = [
+                    k
+                    for k, lane in enumerate(lanes)
+                    if frames[k] is None and lane.running and lane.expecting(now)
+                ]
+                if not due or now >= deadline or self._stop.is_set():
+                    break
+                self._arrived.wait(deadline - now)
+                self._arrived.clear()
+                for k in due:
+                    frames[k] = lanes[k].inputs.take_now()
+        return any(frame is not None for frame in frames)
 
-    def _remember(
-        self, pixels: npt.NDArray[np.uint8], params: FrameParams, out: npt.NDArray[np.uint8]
-    ) -> None:
-        if not self._gate.enabled:
-            return
-        self._gate.remember(pixels, params)
-        if self._last_model_out is None or self._last_model_out.shape != out.shape:
-            self._last_model_out = np.empty_like(out)
-        np.copyto(self._last_model_out, out)
-
-    def _put_output(self, out: npt.NDArray[np.uint8], captured: float) -> None:
-        replaced = self._outputs.put(_Result(out, captured))
-        if replaced is not None:
-            self._pool.release(replaced.pixels)
-
-    # -- faults ------------------------------------------------------------------------------
-
-    def _model_due(self) -> bool:
-        """False while bypassing a failing model; True again once it is time to retry."""
-        until = self._degraded_until
-        return until is None or time.monotonic() >= until
-
-    def _failed(self, exc: Exception) -> None:
-        """One frame failed (out of memory, NaN, a bug): say so, skip it, keep going."""
-        self._failures += 1
-        count = self.stats.frame_error()
-        if count <= 10 or count % 100 == 0:
-            log.error(
-                "frame skipped: %s: %s (%d failed so far)",
-                type(exc).__name__,
-                exc,
-                count,
-                exc_info=count <= 3,
-            )
-        if self._degraded_until is not None or self._failures >= self.options.max_failures:
-            if self._degraded_until is None:
-                log.error(
-                    "THE MODEL FAILED %d FRAMES IN A ROW: passing the input through unprocessed; "
-                    "trying the model again every %.0f s",
-                    self._failures,
-                    self.options.retry_after,
-                )
-            self._degraded_until = time.monotonic() + self.options.retry_after
-
-    def _recovered(self) -> None:
-        if self._degraded_until is not None:
-            log.warning("the model works again: processing frames")
-        self._failures = 0
-        self._degraded_until = None
-
-    # -- source loss ---------------------------------------------------------------------------
-
-    def source_lost(self, now: float | None = None) -> bool:
-        """The source says it waits for its sender, or no frame came for a long while."""
-        if self.source.waiting_for is not None:
-            return self._last_input > 0 or self._started
-        if self._last_input == 0:
+    def _run_batch(self) -> bool:
+        """One batch: each stream's frame prepared, the model run once for those that need
+        it, each result published or counted as failed. True when the model ran."""
+        lanes, frames = self.lanes, self._frames
+        pixels, params, outs = self._pixels, self._params, self._outs
+        backend = self.backend
+        wanted = False
+        for k, lane in enumerate(lanes):
+            pixels[k] = params[k] = outs[k] = None
+            frame = frames[k]
+            if frame is None:
+                lane.fallback_if_lost()
+                continue
+            prepared = lane.prepare(frame)
+            if prepared is not None:
+                outs[k], params[k] = prepared
+                pixels[k] = frame.pixels
+                wanted = True
+        if not wanted:
             return False
-        now = time.monotonic() if now is None else now
-        return now - self._last_input > max(1.0, 4.0 * self.stats.input_interval())
-
-    def _fallback_if_lost(self) -> None:
-        """On losing the source, put the chosen fallback in the output slot once; the publish
-        thread keeps re-sending whatever was published last."""
-        if self._fallback_shown or not self.source_lost():
-            return
-        self._fallback_shown = True
-        mode = self.options.on_source_loss
-        if mode == "last":
-            return
-        held = self._held
-        if held is not None:
-            shape = self.options.output_size or (held.height, held.width)
-        else:
-            shape = self.options.output_size or self.backend.model_size
-        out = self._pool.acquire((*shape, 4))
-        if mode == "hold-input" and held is not None:
-            self.backend.passthrough(held.pixels, out=out)
-        else:
-            out[..., :3] = 0
-            out[..., 3] = 255
-        self._put_output(out, time.monotonic())
-
-    def _frame_params(self, controls: Controls) -> FrameParams:
-        """Turn one snapshot into this frame's values: glides for new prompts and seeds, ramps
-        for numeric values."""
-        now = time.monotonic()
-        self._prompt_glide.seconds = controls.prompt_glide
-        self._seed_glide.seconds = controls.seed_glide
-        prompts = self._prompts
-        assert prompts is not None  # made in start(), before the inference thread
-        for slot in ("a", "b"):
-            ready = prompts.take_ready(slot)
-            if ready is not None:
-                text, embedding = ready
-                position = self._prompt_glide.position(now)
-                self.backend.set_prompt(embedding, from_mix=position, slot=slot)
-                self._prompt_glide.restart(now)
-                self._has_b = self._has_b or slot == "b"
-                log.info("prompt %s: %s", slot.upper(), text[:120])
-        if controls.seed != self._seed:
-            self.backend.set_seed(controls.seed, from_mix=self._seed_glide.position(now))
-            self._seed_glide.restart(now)
-            self._seed = controls.seed
-        seconds = self.controls.glide_seconds()
-        ramps = self._ramps
-        morph = ramps["prompt_mix"].follow(controls.prompt_mix, now, seconds)
-        return FrameParams(
-            strength=ramps["strength"].follow(controls.strength, now, seconds),
-            feedback=ramps["feedback"].follow(controls.feedback, now, seconds),
-            smoothing=ramps["smoothing"].follow(controls.smoothing, now, seconds),
-            blend=ramps["blend"].follow(controls.blend, now, seconds),
-            prompt_mix=self._prompt_glide.position(now),
-            seed_mix=self._seed_glide.position(now),
-            morph=morph if self._has_b and controls.prompt_b else 0.0,
-        )
-
-    def _publish(self) -> None:
-        """Publish each result; while the source is lost, re-send the last one at
-        ``fallback_fps`` so receivers keep a picture and stay connected. Before the model is
-        warm (after :meth:`open`), publish placeholders instead."""
-        if not self._warm.is_set() and not self._publish_placeholders():
-            return
-        period = 1.0 / self.options.fallback_fps
-        shown: npt.NDArray[np.uint8] | None = None  # the last published pixels, kept alive
-        while not self._stop.is_set():
-            result = self._outputs.take(timeout=min(_POLL, period))
-            if result is None:
-                if shown is not None and self.source_lost():
-                    self.sink.publish(shown)
-                    self.stats.fallback_out()
+        padding = backend.streams - len(lanes)  # a backend built for more streams than run
+        started = time.monotonic()
+        self._busy_since = started
+        try:
+            if padding:
+                errors = backend.step_many(
+                    [*pixels, *[None] * padding],
+                    [*params, *[None] * padding],
+                    out=[*outs, *[None] * padding],
+                )[: len(lanes)]
+            else:
+                errors = backend.step_many(pixels, params, out=outs)
+        except Exception as exc:  # the whole batch failed (out of memory, a driver error)
+            errors = [exc] * len(lanes)
+        finally:
+            self._busy_since = None
+        seconds = time.monotonic() - started
+        ran = any(error is None for k, error in enumerate(errors) if pixels[k] is not None)
+        if ran:
+            self.model_stats.step_time(seconds)
+        for k, lane in enumerate(lanes):
+            frame, out, values = frames[k], outs[k], params[k]
+            if frame is None or out is None or values is None:
                 continue
-            try:
-                self.sink.publish(result.pixels)
-            except TransportError as exc:
-                self._pool.release(result.pixels)
-                if shown is None:  # never published: the sink cannot work, say it once
-                    log.error("cannot publish to %s: %s", self.sink.uri, exc)
-                    self._errors.append(exc)
-                    self._stop.set()
-                    return
-                count = self.stats.frame_error()
-                if count <= 10 or count % 100 == 0:
-                    log.warning(
-                        "publishing to %s failed: %s (%d so far)", self.sink.uri, exc, count
-                    )
-                continue
-            except BaseException:
-                self._pool.release(result.pixels)
-                raise
-            if shown is not None:
-                self._pool.release(shown)
-            shown = result.pixels
-            now = time.monotonic()
-            self.stats.frame_out(now, now - result.captured)
+            lane.finish(frame, out, values, errors[k], seconds)
+            frames[k] = None
+        return ran

@@ -37,6 +37,12 @@ class LatestSlot(Generic[T]):
             item, self._item = self._item, None
             return item
 
+    def take_now(self) -> T | None:
+        """The newest item if there is one, without waiting."""
+        with self._ready:
+            item, self._item = self._item, None
+            return item
+
     def clear(self) -> T | None:
         with self._ready:
             item, self._item = self._item, None
