@@ -84,6 +84,7 @@ def _torch_build(config: ServeConfig, model: LoadedModel) -> Backend:
         dtype=_torch_dtype(config),
         compile=_compile_mode(config.compile),
         compile_cache=cache_dir(config.cache_dir) / "torch-compile",
+        streams=len(config.stream_list()),
     )
     return TorchBackend.from_components(model, options)
 
@@ -111,6 +112,12 @@ def _coreml_dtype(config: ServeConfig) -> torch.dtype:
 
 def _coreml_build(config: ServeConfig, model: LoadedModel) -> Backend:
     from livediffusion_models.backends.coreml_backend import CoreMLBackend, CoreMLOptions
+
+    if len(config.stream_list()) > 1:
+        raise ValueError(
+            "the Core ML backend runs one stream per process in this version: run one "
+            "`livediffusion serve` per stream (each with its own --osc-port), or --backend torch"
+        )
 
     options = CoreMLOptions(
         size=_model_size(config, model),

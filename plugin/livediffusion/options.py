@@ -527,6 +527,6 @@ def options_table() -> str:
         help = option.help.replace("|", "\\|")
         key = f"[[{option.key}]]" if option.repeat else f"[{option.group}] {option.key}"
         if option.nargs:
-            flag = f"`{option.flag} {option.metavar}`"
+            flag = f"`{option.flag}` {option.metavar}"
         rows.append(f"| {flag} | `{key}` | {default} | {help} |")
     return "\n".join(rows)

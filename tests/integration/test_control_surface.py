@@ -205,13 +205,17 @@ def test_controls_change_the_output_frames(start: Callable[..., Running]) -> Non
 
 def test_status_ping_and_the_reply_stream(start: Callable[..., Running]) -> None:
     server = start()
-    time.sleep(1.0)  # rates need a few frames
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as asker:
         asker.bind(("127.0.0.1", 0))
         asker.settimeout(3.0)
-        server.send("/status", sock=asker)
-        decoded = Decoded(asker.recv(65_535))
-        assert decoded.address == "/status"
+        deadline = time.monotonic() + 30
+        while True:  # rates need a few processed frames: slow on a loaded CPU
+            server.send("/status", sock=asker)
+            decoded = Decoded(asker.recv(65_535))
+            assert decoded.address == "/status"
+            if decoded.params[1] > 0 or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
         in_fps, out_fps, latency, dropped, model, backend, rejected = decoded.params
         assert in_fps > 5 and out_fps > 0 and latency > 0 and dropped >= 0
         assert (model, backend, rejected) == ("sdxs-512-0.9", "torch-cpu float32", 0)

@@ -17,6 +17,7 @@ from typing import Any, Protocol
 
 from livediffusion.control.controls import (
     FIELD_ADDRESS,
+    Command,
     ControlError,
     ControlStore,
     canonical_address,
@@ -53,6 +54,7 @@ class ControlSurface:
         reply_to: tuple[str, int] | None = None,
         echo: bool = False,
         recall_glide: float = 1.0,
+        stream: str = "",
     ) -> None:
         """``status``: called for each ``/status`` (and each ``--osc-reply`` tick).
         ``recall_glide``: seconds a preset recall takes when ``/glide`` is 0."""
@@ -63,10 +65,16 @@ class ControlSurface:
         self.prefix = prefix
         self.reply_to = reply_to
         self.recall_glide = recall_glide
+        self.stream = stream  # the stream's name (its addresses carry it in ``prefix``)
         self._status = status
         self._replier: Replier | None = None
         if echo:
             store.subscribe(self._echo)
+
+    @property
+    def label(self) -> str:
+        """How the log names the stream this surface drives (nothing without --stream)."""
+        return f"stream {self.stream}: " if self.stream else ""
 
     def attach(self, replier: Replier) -> None:
         """Answer through ``replier`` (the OSC server, once it is listening)."""
@@ -90,10 +98,16 @@ class ControlSurface:
         if canonical is None:
             under = f" under {self.prefix}" if self.prefix else ""
             raise ControlError(f"unknown address {address[:80]!r}{under}; see `livediffusion osc`")
-        command = parse_message(canonical, args)
+        self.submit_canonical(canonical, parse_message(canonical, args), sender=sender)
+
+    def submit_canonical(
+        self, canonical: str, command: Command, *, sender: tuple[str, int] | None = None
+    ) -> None:
+        """Apply an already-validated message (a table address, no prefix): the stream
+        router checks a message once and gives it to every stream."""
         if self.store.apply(command):
             if command.spec.kind == "text":  # encoding takes a while: say it arrived now
-                log.info("%s received: %s", canonical, str(command.value)[:120])
+                log.info("%s%s received: %s", self.label, canonical, str(command.value)[:120])
             return
         self._act(canonical, command.value, sender)
 
@@ -104,7 +118,7 @@ class ControlSurface:
             values = self.presets.load(value)
             glide = self.store.snapshot().glide or self.recall_glide
             self.store.update(ramp_seconds=glide, **values)
-            log.info("preset %d recalled (gliding %.1f s)", value, glide)
+            log.info("%spreset %d recalled (gliding %.1f s)", self.label, value, glide)
         elif address == "/reset":
             if value is not None:  # None: a button's release
                 self.store.request_reset()

@@ -17,13 +17,14 @@ from contextlib import ExitStack, contextmanager
 from typing import Any, TextIO
 
 from livediffusion.backends import build_backend
-from livediffusion.config import ServeConfig
+from livediffusion.config import ServeConfig, StreamConfig
 from livediffusion.control.controls import ControlStore
 from livediffusion.control.presets import PresetFile
+from livediffusion.control.streams import StreamRouter
 from livediffusion.control.surface import ControlSurface, StatusValues
-from livediffusion.run.engine import SOURCE_LOSS_MODES, Engine, EngineOptions, SourceLoss
+from livediffusion.run.engine import SOURCE_LOSS_MODES, Engine, EngineOptions, SourceLoss, Stream
 from livediffusion.run.preview import attach_preview
-from livediffusion.run.status import format_status, format_summary
+from livediffusion.run.status import format_streams, format_summary
 from livediffusion.run.terminal import StatusLine
 from livediffusion_bridge import FrameSink, open_sink, open_source, pump_events
 from livediffusion_bridge.osc import OscCounters, OscServer
@@ -131,11 +132,12 @@ def _model_size(model: str) -> tuple[int, int]:
     return side, side
 
 
-def _announce(sink: FrameSink) -> None:
+def _announce(sink: FrameSink, label: str = "") -> None:
     """Say once what to pick in the host, as the host lists it."""
     direct = sink.listen_address
     log.info(
-        "output ready: pick the %s in your host%s",
+        "%soutput ready: pick the %s in your host%s",
+        label,
         sink.shown_as,
         f" (output listening on {direct} for direct connections)" if direct else "",
     )
@@ -162,11 +164,16 @@ class _EngineNotes:
 
     def __call__(self, engine: Engine) -> str:
         notes = []
-        waiting = engine.source.waiting_for
-        if waiting is not None:
-            notes.append(f"waiting for {waiting}")
-        elif engine.source_lost():
-            notes.append("no input frames")
+        for lane in engine.lanes:
+            tag = f"{lane.name}: " if lane.name else ""
+            if lane.failed is not None:
+                notes.append(f"{tag}STOPPED ({type(lane.failed).__name__})")
+                continue
+            waiting = lane.source.waiting_for
+            if waiting is not None:
+                notes.append(f"{tag}waiting for {waiting}")
+            elif lane.source_lost():
+                notes.append(f"{tag}no input frames")
         stalled = engine.stalled_for()
         if stalled is None:
             self._stall_logged = 0.0
@@ -177,14 +184,16 @@ class _EngineNotes:
                     "the inference thread has been on one frame for %.0f s (frames take "
                     "%.1f s here; a stall is more than %.0f s)",
                     stalled,
-                    engine.stats.step_p50(),
+                    engine.model_stats.step_p50(),
                     engine.stall_limit(),
                 )
                 self._stall_logged = stalled
-        if engine.degraded:
-            notes.append("MODEL FAILING: passing the input through")
-        if engine.stats.errors:
-            notes.append(f"{engine.stats.errors} frames failed")
+        for lane in engine.lanes:
+            tag = f"{lane.name}: " if lane.name else ""
+            if lane.degraded_until is not None:
+                notes.append(f"{tag}MODEL FAILING: passing the input through")
+            if lane.stats.errors:
+                notes.append(f"{tag}{lane.stats.errors} frames failed")
         return "".join(" | " + note for note in notes)
 
 
@@ -211,16 +220,52 @@ def _osc_note(osc: OscServer) -> str:
 
 
 @contextmanager
-def _open_midi(config: ServeConfig, surface: ControlSurface, store: ControlStore) -> Iterator[None]:
+def _open_midi(
+    config: ServeConfig,
+    surface: ControlSurface | StreamRouter,
+    stores: list[ControlStore],
+    streams: tuple[StreamConfig, ...],
+) -> Iterator[None]:
+    """MIDI drives every stream (the plain addresses), or the one ``--midi-stream`` names;
+    relative controls (encoders) step from that stream's value (the first one's for all)."""
     from livediffusion.control.midi import MidiInput
     from livediffusion.control.midi_map import MidiMapper, load_map
 
     assert config.midi is not None and config.midi_map is not None
+    index = next((k for k, s in enumerate(streams) if s.name == config.midi_stream), 0)
+    store = stores[index]
+    submit = surface.submit
+    if config.midi_stream is not None and isinstance(surface, StreamRouter):
+        submit = surface.surfaces[index].submit
+        log.info("MIDI drives stream %s", config.midi_stream)
     mapper = MidiMapper(
         load_map(config.midi_map), current=lambda field: getattr(store.snapshot(), field)
     )
-    with MidiInput(config.midi, mapper, submit=surface.submit):
+    with MidiInput(config.midi, mapper, submit=submit):
         yield
+
+
+def _stream_status(
+    config: ServeConfig, index: int, engines: list[Engine], servers: list[OscServer]
+) -> Callable[[], StatusValues]:
+    """What one stream's ``/status`` answers (``/cam/status``; ``/status`` without streams)."""
+
+    def status() -> StatusValues:
+        rejected = osc_rejected(servers[0].counters) if servers else 0
+        if not engines or not engines[0].warm:
+            return (0.0, 0.0, 0.0, 0, config.model, "starting", rejected)
+        now = engines[0].lanes[index].stats.snapshot()
+        return (
+            now.input_fps,
+            now.output_fps,
+            now.latency_p50_ms,
+            now.dropped,
+            config.model,
+            now.backend,
+            rejected,
+        )
+
+    return status
 
 
 def run_server(
@@ -260,33 +305,28 @@ def _run(
         stack.enter_context(_stop_on_signals(stop, running))
         # Everything that can fail on a typo (port taken, bad URI, missing transport) is
         # opened before the model, which takes seconds to load.
-        controls = ControlStore(config.controls)
+        streams = config.stream_list()
+        stores = [ControlStore(stream.controls) for stream in streams]
         engines: list[Engine] = []  # the engine, once it exists
         servers: list[OscServer] = []  # the OSC server, once it listens
-
-        def status() -> StatusValues:
-            rejected = osc_rejected(servers[0].counters) if servers else 0
-            if not engines or not engines[0].warm:
-                return (0.0, 0.0, 0.0, 0, config.model, "starting", rejected)
-            now = engines[0].stats.snapshot()
-            return (
-                now.input_fps,
-                now.output_fps,
-                now.latency_p50_ms,
-                now.dropped,
-                config.model,
-                now.backend,
-                rejected,
+        presets = PresetFile(config.presets)
+        surfaces = [
+            ControlSurface(
+                store,
+                presets=presets,
+                status=_stream_status(config, index, engines, servers),
+                prefix=config.osc_prefix + (f"/{stream.name}" if stream.name else ""),
+                reply_to=config.osc_reply,
+                echo=config.osc_echo,
+                recall_glide=config.recall_glide,
+                stream=stream.name,
             )
-
-        surface = ControlSurface(
-            controls,
-            presets=PresetFile(config.presets),
-            status=status,
-            prefix=config.osc_prefix,
-            reply_to=config.osc_reply,
-            echo=config.osc_echo,
-            recall_glide=config.recall_glide,
+            for index, (stream, store) in enumerate(zip(streams, stores, strict=True))
+        ]
+        surface: ControlSurface | StreamRouter = (
+            StreamRouter(surfaces, prefix=config.osc_prefix, reply_to=config.osc_reply)
+            if config.streams
+            else surfaces[0]
         )
         osc = stack.enter_context(
             OscServer(
@@ -299,28 +339,39 @@ def _run(
         )
         surface.attach(osc)
         servers.append(osc)
+        names = [stream.name for stream in streams if stream.name]
+        under = f"{config.osc_prefix}/{names[0]}" if names else config.osc_prefix
         log.info(
-            "OSC on %s:%d  (%s/prompt %s/strength ... `livediffusion osc` lists them)",
+            "OSC on %s:%d  (%s/prompt %s/strength ... `livediffusion osc` lists them)%s",
             *osc.address,
-            config.osc_prefix,
-            config.osc_prefix,
+            under,
+            under,
+            f"; streams {', '.join(names)}; addresses without a name set every stream"
+            if names
+            else "",
         )
         if config.midi is not None:
-            stack.enter_context(_open_midi(config, surface, controls))
-        source = stack.enter_context(open_source(config.source))
-        sink = stack.enter_context(open_sink(config.sink))
+            stack.enter_context(_open_midi(config, surface, stores, streams))
+        ports: list[Stream] = []
+        for stream, store in zip(streams, stores, strict=True):
+            source = stack.enter_context(open_source(stream.source))
+            sink = stack.enter_context(open_sink(stream.sink))
+            ports.append(Stream(source, sink, store, name=stream.name))
         # A window (--preview, window://) is drawn by this thread while it waits below;
-        # closing it sets ``stop``.
-        preview = attach_preview(config.preview, source, sink, stack=stack, on_close=stop.set)
+        # closing it sets ``stop``. With several streams it shows the first.
+        first = ports[0]
+        preview = attach_preview(
+            config.preview, first.source, first.sink, stack=stack, on_close=stop.set
+        )
         if preview is not None:
-            source, sink = preview.source, preview.sink
+            ports[0] = Stream(preview.source, preview.sink, first.controls, name=first.name)
         options = EngineOptions(
             output_size=config.output_size,
             on_source_loss=_source_loss(config.on_source_loss),
             skip_similar=config.skip_similar,
             placeholder_size=config.size or _model_size(config.model),
         )
-        engine = Engine(source=source, sink=sink, controls=controls, options=options, stop=stop)
+        engine = Engine(streams=ports, options=options, stop=stop)
         loader = _Loader(config, backend, engine, stop)
         stack.callback(loader.close_backend)
         stack.callback(engine.stop)
@@ -331,16 +382,19 @@ def _run(
         engine.open()
         loader.start()
         running.set()
-        log.info(
-            "running: %s -> %s; the output shows the input marked LOADING until the model is ready",
-            source.uri,
-            sink.uri,
-        )
+        for port in ports:
+            log.info(
+                "running: %s%s -> %s; the output shows the input marked LOADING until the "
+                "model is ready",
+                f"stream {port.name}: " if port.name else "",
+                port.source.uri,
+                port.sink.uri,
+            )
         line = StatusLine(status_stream)
         stack.callback(line.finish)
         notes = _EngineNotes()
         deadline = None  # --duration counts from the first processed frames
-        announced = False
+        announced: set[int] = set()
         next_line = next_reply = time.monotonic()
         while not stop.is_set() and loader.error is None:
             now = time.monotonic()
@@ -350,11 +404,14 @@ def _run(
                 surface.send_status()  # --osc-reply: once a second, whatever the line does
                 next_reply = now + 1.0
             if now >= next_line:
-                if not announced and sink.shown_as:
-                    _announce(sink)
-                    announced = True
+                for index, lane in enumerate(engine.lanes):
+                    if index not in announced and lane.sink.shown_as:
+                        _announce(lane.sink, lane.label)
+                        announced.add(index)
                 if engine.warm:
-                    text = format_status(engine.stats.snapshot())
+                    text = format_streams(
+                        [(lane.name, lane.stats.snapshot()) for lane in engine.lanes]
+                    )
                 else:
                     text = _starting(engine, loader, config.model, now)
                 text += notes(engine) + _osc_note(osc)
@@ -372,5 +429,6 @@ def _run(
         if not engine.warm:
             log.info("stopped during start-up")
             return 1 if engine.errors else 0
-        log.info("%s", format_summary(engine.stats.summary()))
+        for lane in engine.lanes:
+            log.info("%s%s", lane.label, format_summary(lane.stats.summary()))
         return 1 if engine.errors else 0

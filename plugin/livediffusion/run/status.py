@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["Stats", "Status", "Summary", "format_status", "format_summary"]
+__all__ = ["Stats", "Status", "Summary", "format_status", "format_streams", "format_summary"]
 
 _WINDOW_SECONDS = 2.0
 
@@ -205,3 +206,18 @@ def format_status(status: Status) -> str:
         f"latency {status.latency_p50_ms:6.1f} ms (p99 {status.latency_p99_ms:6.1f}) | "
         f"dropped {status.dropped} | {status.backend}"
     )
+
+
+def format_streams(streams: Sequence[tuple[str, Status]]) -> str:
+    """The status line: :func:`format_status` for one stream; for several, each stream's
+    rates and latency, then the total out and the backend, so the line stays one line."""
+    if len(streams) == 1:
+        return format_status(streams[0][1])
+    parts = [
+        f"{name} {status.input_fps:.0f}>{status.output_fps:.0f} fps {status.latency_p50_ms:.0f} ms"
+        for name, status in streams
+    ]
+    total = sum(status.output_fps for _, status in streams)
+    dropped = sum(status.dropped for _, status in streams)
+    backend = streams[0][1].backend
+    return f"{' | '.join(parts)} | out {total:.1f} fps | dropped {dropped} | {backend}"
