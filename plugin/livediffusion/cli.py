@@ -211,6 +211,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="measure --skip-similar THRESHOLD on a still input: the model's time saved",
     )
     bench.add_argument("--plot", metavar="FILE.png", help="draw the comparison as a chart")
+    bench.add_argument(
+        "--streams",
+        metavar="N[,N...]",
+        help="time N streams batched through one step (frames/s of all, each stream's "
+        "latency, peak GPU memory) for each count; with --e2e instead N NDI pairs end to end",
+    )
 
     doctor = commands.add_parser(
         "doctor",
@@ -448,11 +454,17 @@ def _bench(args: argparse.Namespace) -> int:
     from livediffusion.tools.bench import format_table, run_bench, run_comparison, write_json
 
     config = dataclasses.replace(_check_config(args), compile=args.compile)
-    if args.compare or args.e2e or args.still is not None or args.plot:
+    streams: tuple[int, ...] = ()
+    if args.streams is not None:
+        from livediffusion.tools.bench_streams import parse_counts
+
+        streams = parse_counts(args.streams)
+    if args.compare or args.e2e or args.still is not None or args.plot or streams:
         if args.still is not None and not 0.0 < args.still <= 1.0:
             raise ValueError(f"--still must be more than 0 and at most 1, got {args.still:g}")
         run_comparison(
             config,
+            streams=streams,
             compare=args.compare or bool(args.plot and not args.e2e),
             e2e=args.e2e,
             still=args.still,

@@ -174,9 +174,10 @@ def run_comparison(
     json_path: str | None,
     plot_path: str | None,
     out: TextIO,
+    streams: tuple[int, ...] = (),
 ) -> dict[str, Any]:
-    """``bench --compare/--e2e/--still``: load the weights once, run what was asked, print
-    each part as it finishes, then write the JSON and the chart."""
+    """``bench --compare/--e2e/--still/--streams``: load the weights once, run what was asked,
+    print each part as it finishes, then write the JSON and the chart."""
     from livediffusion.backends import BACKENDS, choose_backend
     from livediffusion.tools.bench_e2e import check_size, format_e2e, run_e2e
     from livediffusion.tools.bench_modes import (
@@ -184,6 +185,11 @@ def run_comparison(
         format_modes,
         format_still,
         still_saving,
+    )
+    from livediffusion.tools.bench_streams import (
+        format_streams_table,
+        time_streams,
+        with_streams,
     )
     from livediffusion_models.registry import get_model
     from livediffusion_models.weights import load_model
@@ -195,6 +201,8 @@ def run_comparison(
     size = config.size or (spec.default_size, spec.default_size)
     if e2e:
         check_size(size)  # in one line now, not from the feeder after the weights loaded
+    if streams and max(streams) > 1 and name != "torch":
+        raise ValueError("--streams above 1 needs the torch backend in this version")
     model = load_model(
         spec,
         config.weights or spec.hub_id,
@@ -219,22 +227,40 @@ def run_comparison(
         report["modes"] = [{**asdict(row), "fps": row.fps, "tflops": row.tflops} for row in rows]
         out.write(format_modes(rows) + "\n\n")
         out.flush()
+    if streams and not e2e:  # with --e2e the counts are NDI pairs, timed end to end
+        timings = time_streams(
+            config, model=model, build=choice.build, counts=streams, frames=frames, warmup=warmup
+        )
+        report["streams"] = [{**asdict(row), "fps": row.fps} for row in timings]
+        out.write(format_streams_table(timings) + "\n\n")
+        out.flush()
     result = None
-    if e2e or still is not None:
+    if still is not None:
         backend = choice.build(config, model)
         backend.set_prompt(backend.encode_prompt("a benchmark of light and colour"))
         backend.warmup()
-        if still is not None:
-            saving = still_saving(backend, threshold=still)
-            report["still"] = {**asdict(saving), "saved": saving.saved}
-            out.write(format_still(saving) + "\n\n")
-            out.flush()
-        if e2e:
-            result = run_e2e(config, backend=backend, seconds=e2e_seconds, feed_fps=e2e_fps)
-            report["e2e"] = asdict(result)
+        saving = still_saving(backend, threshold=still)
+        report["still"] = {**asdict(saving), "saved": saving.saved}
+        out.write(format_still(saving) + "\n\n")
+        out.flush()
+        backend.close()
+    if e2e:
+        report["e2e"] = []
+        for count in streams or (1,):
+            serve = with_streams(config, count)
+            backend = choice.build(serve, model)
+            for k in range(count):
+                embedding = backend.encode_prompt("a benchmark of light and colour")
+                backend.set_prompt(embedding, stream=k)
+            backend.warmup()
+            result = run_e2e(
+                serve, backend=backend, seconds=e2e_seconds, feed_fps=e2e_fps, streams=count
+            )
+            report["e2e"].append(asdict(result))
             out.write(format_e2e(result) + "\n")
-        else:
-            backend.close()
+            out.flush()
+        if len(report["e2e"]) == 1:
+            report["e2e"] = report["e2e"][0]  # one run: the shape it always had
     if json_path:
         Path(json_path).write_text(json.dumps(report, indent=2), encoding="utf-8")
     if plot_path:

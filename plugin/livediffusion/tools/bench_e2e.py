@@ -1,5 +1,7 @@
 """``livediffusion bench --e2e``: the whole server, NDI in and NDI out, timed frame by frame.
 
+With ``--streams N``, N such pairs, one host process each, served by one batched model.
+
 ::
 
     host process: feeder --NDI "ld-bench-in-*"--> serve (this process: capture, model, publish)
@@ -116,6 +118,8 @@ class E2EResult:
     server: dict[str, Any]  # the server's own counters (in/out fps, dropped, step p50)
     size: int
     backend: str
+    streams: int = 1
+    per_stream: tuple[dict[str, float], ...] = ()  # each stream's fps and latency p50/p99
 
 
 # -- the host process ------------------------------------------------------------------------
@@ -233,77 +237,114 @@ def run_e2e(
     backend: Any,
     seconds: float = 10.0,
     feed_fps: float = 300.0,
+    streams: int = 1,
 ) -> E2EResult:
-    """Serve ``backend`` between two NDI loopback streams and time frames through it.
+    """Serve ``backend`` between NDI loopback streams and time frames through it.
 
-    ``backend`` must be warm (compiled and captured) so start-up is not timed.
+    ``streams``: that many NDI pairs, each fed and read back by a host process of its own
+    (as several TouchDesigner outputs would be), all served by this one process through one
+    batched model (``backend`` built for that many). ``backend`` must be warm (compiled and
+    captured) so start-up is not timed.
     """
+    from livediffusion.config import StreamConfig
     from livediffusion.run.server import run_server
 
     check_size(backend.model_size)
     width = backend.model_size[1]
     tag = f"{os.getpid()}-{int(time.time()) % 100000}"
-    in_name, out_name = f"ld-bench-in-{tag}", f"ld-bench-out-{tag}"
+    names = [(f"ld-bench-in-{tag}-{k}", f"ld-bench-out-{tag}-{k}") for k in range(streams)]
+    look = dataclasses.replace(config.controls, blend=1.0)
+    pairs: tuple[StreamConfig, ...]
+    if streams == 1:
+        (in_name, out_name), pairs = names[0], ()
+    else:
+        in_name = out_name = ""
+        pairs = tuple(
+            StreamConfig(f"s{k}", f"ndi://{src}", f"ndi://{dst}?fps={feed_fps:g}", look)
+            for k, (src, dst) in enumerate(names)
+        )
     serve = dataclasses.replace(
         config,
-        source=f"ndi://{in_name}",
-        sink=f"ndi://{out_name}?fps={feed_fps:g}",
+        source=f"ndi://{in_name}" if streams == 1 else config.source,
+        sink=f"ndi://{out_name}?fps={feed_fps:g}" if streams == 1 else config.sink,
+        streams=pairs,
         osc_port=free_udp_port(),
-        controls=dataclasses.replace(config.controls, blend=1.0),
+        controls=look,
         duration=None,
         status_interval=5.0,
         skip_similar=0.0,
     )
     context = multiprocessing.get_context("spawn")
-    ours, theirs = context.Pipe(duplex=False)
-    host = context.Process(
-        target=_host,
-        args=(in_name, out_name, width, feed_fps, seconds, theirs),
-        name="bench-host",
-        daemon=True,
-    )
-    host.start()
+    hosts = []
+    for k, (src, dst) in enumerate(names):
+        ours, theirs = context.Pipe(duplex=False)
+        host = context.Process(
+            target=_host,
+            args=(src, dst, width, feed_fps, seconds, theirs),
+            name=f"bench-host-{k}",
+            daemon=True,
+        )
+        host.start()
+        hosts.append((host, ours))
     stop = threading.Event()
-    report: dict[str, Any] = {}
+    reports: list[dict[str, Any]] = [{} for _ in hosts]
     engines: list[Any] = []
 
-    def wait_for_host() -> None:
-        try:
-            report.update(ours.recv())
-        except EOFError:
-            report["error"] = "the bench host process ended without a report"
+    def wait_for_hosts() -> None:
+        for report, (_, pipe) in zip(reports, hosts, strict=True):
+            try:
+                report.update(pipe.recv())
+            except EOFError:
+                report["error"] = "the bench host process ended without a report"
+            if "error" in report:
+                break
         stop.set()
 
-    waiter = threading.Thread(target=wait_for_host, daemon=True)
+    waiter = threading.Thread(target=wait_for_hosts, daemon=True)
     waiter.start()
     with open(os.devnull, "w", encoding="utf-8") as quiet:
         run_server(serve, backend=backend, stop=stop, status_stream=quiet, on_engine=engines.append)
     waiter.join(10.0)
-    host.join(10.0)
-    if host.is_alive():
-        host.terminate()
-    if "error" in report:
-        raise RuntimeError(f"end-to-end bench: {report['error']}")
-    latencies = np.asarray(report["latencies_ms"], dtype=np.float64)
+    for host, _ in hosts:
+        host.join(10.0)
+        if host.is_alive():
+            host.terminate()
+    for report in reports:
+        if "error" in report:
+            raise RuntimeError(f"end-to-end bench: {report['error']}")
+    every = np.concatenate([np.asarray(r["latencies_ms"], dtype=np.float64) for r in reports])
     server: dict[str, Any] = {}
     if engines:
-        summary = engines[0].stats.summary()
+        lanes = engines[0].lanes
+        summaries = [lane.stats.summary() for lane in lanes]
         server = {
-            "output_fps": summary.output_fps,
-            "frames_in": summary.frames_in,
-            "frames_out": summary.frames_out,
-            "dropped": summary.dropped,
-            "latency_p50_ms": summary.latency_p50_ms,
-            "latency_p99_ms": summary.latency_p99_ms,
-            "step_p50_ms": 1000.0 * engines[0].stats.step_p50(),
-            "unreadable_at_host": report.get("unreadable", 0),
+            "output_fps": sum(summary.output_fps for summary in summaries),
+            "frames_in": sum(summary.frames_in for summary in summaries),
+            "frames_out": sum(summary.frames_out for summary in summaries),
+            "dropped": sum(summary.dropped for summary in summaries),
+            "latency_p50_ms": max(summary.latency_p50_ms for summary in summaries),
+            "latency_p99_ms": max(summary.latency_p99_ms for summary in summaries),
+            "step_p50_ms": 1000.0 * engines[0].model_stats.step_p50(),
+            "unreadable_at_host": sum(r.get("unreadable", 0) for r in reports),
         }
-    p50, p99, worst = np.percentile(latencies, [50, 99, 100]) if len(latencies) else (np.nan,) * 3
+    per_stream = []
+    for report in reports:
+        latencies = np.asarray(report["latencies_ms"], dtype=np.float64)
+        p50, p99 = np.percentile(latencies, [50, 99]) if len(latencies) else (np.nan,) * 2
+        per_stream.append(
+            {
+                "fps": report["received"] / report["seconds"] if report["seconds"] else 0.0,
+                "latency_p50_ms": float(p50),
+                "latency_p99_ms": float(p99),
+            }
+        )
+    p50, p99, worst = np.percentile(every, [50, 99, 100]) if len(every) else (np.nan,) * 3
+    seconds_run = min(float(r["seconds"]) for r in reports)
     return E2EResult(
-        seconds=float(report["seconds"]),
-        sent=int(report["sent"]),
-        received=int(report["received"]),
-        fps=report["received"] / report["seconds"] if report["seconds"] else 0.0,
+        seconds=seconds_run,
+        sent=sum(int(r["sent"]) for r in reports),
+        received=sum(int(r["received"]) for r in reports),
+        fps=sum(entry["fps"] for entry in per_stream),
         latency_p50_ms=float(p50),
         latency_p99_ms=float(p99),
         latency_max_ms=float(worst),
@@ -311,19 +352,28 @@ def run_e2e(
         server=server,
         size=width,
         backend=backend.name,
+        streams=streams,
+        per_stream=tuple(per_stream),
     )
 
 
 def format_e2e(result: E2EResult) -> str:
     server = result.server
+    pairs = f"{result.streams} NDI pairs, each " if result.streams > 1 else ""
     lines = [
         f"end to end, NDI in -> serve -> NDI out over loopback, {result.size}x{result.size}, "
-        f"fed at {result.feed_fps:g} fps for {result.seconds:.1f} s ({result.backend}):",
+        f"{pairs}fed at {result.feed_fps:g} fps for {result.seconds:.1f} s ({result.backend}):",
         f"  {result.fps:.1f} frames/s came back ({result.received} of {result.sent} sent; "
         "the rest were dropped as newer frames arrived)",
         f"  frame latency p50 {result.latency_p50_ms:.2f} ms, p99 {result.latency_p99_ms:.2f} ms, "
         f"max {result.latency_max_ms:.2f} ms (send -> receive, every frame that came back)",
     ]
+    if result.streams > 1:
+        lines.extend(
+            f"  stream {k}: {entry['fps']:.1f} frames/s, latency p50 "
+            f"{entry['latency_p50_ms']:.2f} ms, p99 {entry['latency_p99_ms']:.2f} ms"
+            for k, entry in enumerate(result.per_stream)
+        )
     if server:
         lines.append(
             f"  server: step p50 {server['step_p50_ms']:.2f} ms, out {server['output_fps']:.1f} "
