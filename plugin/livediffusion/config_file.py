@@ -15,6 +15,7 @@ from livediffusion.config import ServeConfig
 from livediffusion.control.controls import (
     Controls,
 )
+from livediffusion.control.styles import lora_tables, starting_scale
 from livediffusion.options import (
     BY_KEY,
     GROUPS,
@@ -82,6 +83,19 @@ def _take(
         raise ConfigFileError(f"{path}: {where}: {key} belongs in [{option.group}]")
     if key in values:
         raise ConfigFileError(f"{path}: {where}: {key} is given twice")
+    if option.repeat:
+        if not isinstance(value, list):
+            raise ConfigFileError(
+                f"{path}: {where}: write each as a [[{key}]] table (an array of tables)"
+            )
+        items = []
+        for number, item in enumerate(value, 1):
+            try:
+                items.append(option.parse(item))
+            except ValueError as exc:
+                raise ConfigFileError(f"{path}: [[{key}]] number {number}: {exc}") from None
+        values[key] = tuple(items)
+        return
     try:
         values[key] = option.parse(value)
     except ValueError as exc:
@@ -104,9 +118,10 @@ def config_from_values(values: Mapping[str, Any]) -> ServeConfig:
         **{
             field.name: merged[field.name]
             for field in dataclasses.fields(Controls)
-            if field.name in BY_KEY and field.name != "strength"
+            if field.name in BY_KEY and field.name not in ("strength", "controlnet_scale")
         },
         strength=strength,
+        controlnet_scale=starting_scale(merged["controlnet"], merged["controlnet_scale"]),
     )
     coreml = CoreMLSettings(
         **{field.name: merged[field.name] for field in dataclasses.fields(CoreMLSettings)}
@@ -145,7 +160,7 @@ def format_toml(values: Mapping[str, Any]) -> str:
     for group in GROUPS:
         lines.append(f"[{group}]")
         for option in OPTIONS:
-            if option.group != group:
+            if option.group != group or option.repeat:
                 continue
             value = _as_option_value(option.key, values.get(option.key, option.default))
             lines.append(f"# {option.help}")
@@ -154,4 +169,5 @@ def format_toml(values: Mapping[str, Any]) -> str:
             else:
                 lines.append(f"{option.key} = {_toml_value(value)}")
         lines.append("")
+    lines.extend(lora_tables(values.get("lora", ())))
     return "\n".join(lines)

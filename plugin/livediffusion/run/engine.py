@@ -25,7 +25,9 @@ import numpy as np
 import numpy.typing as npt
 
 from livediffusion.control.controls import GLIDING_FIELDS, Controls, ControlStore
+from livediffusion.control.styles import StyleStore
 from livediffusion.run.glide import Glide, Ramp
+from livediffusion.run.lora_weights import LoraWeights
 from livediffusion.run.placeholder import Placeholder
 from livediffusion.run.prompts import PromptEncoder
 from livediffusion.run.similarity import SimilarityGate
@@ -93,10 +95,11 @@ class Engine:
         controls: ControlStore,
         options: EngineOptions | None = None,
         stop: threading.Event | None = None,
+        styles: StyleStore | None = None,
     ) -> None:
         """``stop``: an event shared with the caller (its signal handler), so setting it both
         stops running threads and cuts a start-up warm-up short. ``backend``: may come later,
-        through :meth:`start`."""
+        through :meth:`start`. ``styles``: the LoRA weights, global to the model."""
         self.source = source
         self.sink = sink
         self._backend = backend
@@ -113,6 +116,8 @@ class Engine:
         self._resets = controls.resets
         self._has_b = False  # a B prompt has reached the backend
         self._prompts: PromptEncoder | None = None  # made with the backend
+        self.styles = styles or StyleStore()
+        self._lora_weights: LoraWeights | None = None  # made with the backend
         self._stop = stop or threading.Event()
         self._errors: list[BaseException] = []
         self._threads = [
@@ -183,6 +188,12 @@ class Engine:
             self._has_b = True
         backend.set_seed(first.seed)
         self._seed = first.seed
+        self._lora_weights = LoraWeights(
+            self.styles,
+            backend,
+            glide=lambda: self.controls.snapshot().glide,
+            reencode=self._reencode_prompts,
+        )
         prompts.start()
         capture, inference, publish = self._threads
         inference.start()  # it warms up first; frames would only be dropped meanwhile
@@ -515,6 +526,8 @@ class Engine:
         """Turn one snapshot into this frame's values: glides for new prompts and seeds, ramps
         for numeric values."""
         now = time.monotonic()
+        if self._lora_weights is not None and self._lora_weights.apply(now):
+            self._gate.forget()  # the same input no longer gives the same picture
         self._prompt_glide.seconds = controls.prompt_glide
         self._seed_glide.seconds = controls.seed_glide
         prompts = self._prompts
@@ -543,7 +556,21 @@ class Engine:
             prompt_mix=self._prompt_glide.position(now),
             seed_mix=self._seed_glide.position(now),
             morph=morph if self._has_b and controls.prompt_b else 0.0,
+            controlnet_scale=ramps["controlnet_scale"].follow(
+                controls.controlnet_scale, now, seconds
+            ),
         )
+
+    def _reencode_prompts(self) -> None:
+        """A LoRA on the text encoder moved: the prompts now encode to something else. On the
+        frame thread, between frames, as the backend asks (``set_prompt``, ``from_mix`` 1)."""
+        prompts = self._prompts
+        assert prompts is not None
+        prompts.forget()
+        controls = self.controls.snapshot()
+        self.backend.set_prompt(prompts.encode(controls.prompt))
+        if self._has_b and controls.prompt_b:
+            self.backend.set_prompt(prompts.encode(controls.prompt_b), slot="b")
 
     def _publish(self) -> None:
         """Publish each result; while the source is lost, re-send the last one at

@@ -20,6 +20,7 @@ from livediffusion.backends import build_backend
 from livediffusion.config import ServeConfig
 from livediffusion.control.controls import ControlStore
 from livediffusion.control.presets import PresetFile
+from livediffusion.control.styles import StyleStore
 from livediffusion.control.surface import ControlSurface, StatusValues
 from livediffusion.run.engine import SOURCE_LOSS_MODES, Engine, EngineOptions, SourceLoss
 from livediffusion.run.preview import attach_preview
@@ -216,9 +217,13 @@ def _open_midi(config: ServeConfig, surface: ControlSurface, store: ControlStore
     from livediffusion.control.midi_map import MidiMapper, load_map
 
     assert config.midi is not None and config.midi_map is not None
-    mapper = MidiMapper(
-        load_map(config.midi_map), current=lambda field: getattr(store.snapshot(), field)
-    )
+
+    def current(field: str) -> Any:  # "/lora/0/on": the LoRAs' store, global
+        if field.startswith("/"):
+            return surface.styles.value_at(field)
+        return getattr(store.snapshot(), field)
+
+    mapper = MidiMapper(load_map(config.midi_map), current=current)
     with MidiInput(config.midi, mapper, submit=surface.submit):
         yield
 
@@ -261,13 +266,16 @@ def _run(
         # Everything that can fail on a typo (port taken, bad URI, missing transport) is
         # opened before the model, which takes seconds to load.
         controls = ControlStore(config.controls)
+        styles = StyleStore([request.weight for request in config.lora])
         engines: list[Engine] = []  # the engine, once it exists
         servers: list[OscServer] = []  # the OSC server, once it listens
 
         def status() -> StatusValues:
             rejected = osc_rejected(servers[0].counters) if servers else 0
+            scale = controls.snapshot().controlnet_scale if config.controlnet else 0.0
+            looks = (scale, styles.status_text())
             if not engines or not engines[0].warm:
-                return (0.0, 0.0, 0.0, 0, config.model, "starting", rejected)
+                return (0.0, 0.0, 0.0, 0, config.model, "starting", rejected, *looks)
             now = engines[0].stats.snapshot()
             return (
                 now.input_fps,
@@ -277,6 +285,7 @@ def _run(
                 config.model,
                 now.backend,
                 rejected,
+                *looks,
             )
 
         surface = ControlSurface(
@@ -287,6 +296,7 @@ def _run(
             reply_to=config.osc_reply,
             echo=config.osc_echo,
             recall_glide=config.recall_glide,
+            styles=styles,
         )
         osc = stack.enter_context(
             OscServer(
@@ -320,7 +330,9 @@ def _run(
             skip_similar=config.skip_similar,
             placeholder_size=config.size or _model_size(config.model),
         )
-        engine = Engine(source=source, sink=sink, controls=controls, options=options, stop=stop)
+        engine = Engine(
+            source=source, sink=sink, controls=controls, options=options, stop=stop, styles=styles
+        )
         loader = _Loader(config, backend, engine, stop)
         stack.callback(loader.close_backend)
         stack.callback(engine.stop)
