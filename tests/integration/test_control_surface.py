@@ -156,6 +156,7 @@ VALUES: dict[str, tuple[Any, Any]] = {
     "/glide": (0.5, 0.5),
     "/prompt/glide": (0, 0.0),
     "/seed/glide": (2, 2.0),
+    "/controlnet/scale": (1.5, 1.5),
 }
 
 

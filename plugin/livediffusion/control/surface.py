@@ -69,7 +69,7 @@ class ControlSurface:
         self.recall_glide = recall_glide
         self._status = status
         self._replier: Replier | None = None
-        self.styles = styles or StyleStore()
+        self.styles = styles if styles is not None else StyleStore()
         if echo:
             store.subscribe(self._echo)
             self.styles.subscribe(self._echo_lora)

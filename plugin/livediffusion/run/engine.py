@@ -116,7 +116,7 @@ class Engine:
         self._resets = controls.resets
         self._has_b = False  # a B prompt has reached the backend
         self._prompts: PromptEncoder | None = None  # made with the backend
-        self.styles = styles or StyleStore()
+        self.styles = styles if styles is not None else StyleStore()
         self._lora_weights: LoraWeights | None = None  # made with the backend
         self._stop = stop or threading.Event()
         self._errors: list[BaseException] = []
