@@ -225,7 +225,6 @@ def test_a_lora_weight_over_osc_changes_the_next_frames_and_the_models_weights(
     assert backend.lora_weights == (1.0, 0.0)
 
 
-
 def test_controlnet_scale_steers_the_output_and_zero_is_no_controlnet(
     serve: Callable[..., Served],
 ) -> None:
@@ -258,9 +257,9 @@ def test_a_bad_lora_stops_the_start_in_one_line_naming_it(
 ) -> None:
     """Exit 2 and one line: a wrong base names both bases, a damaged file names the file,
     a missing one is said before the model loads."""
-    import livediffusion_models.weights
     from diffusers import UNet2DConditionModel
 
+    import livediffusion_models.weights
     from livediffusion.cli import main
 
     tiny = make_tiny_modules(0)
@@ -268,7 +267,7 @@ def test_a_bad_lora_stops_the_start_in_one_line_naming_it(
         config = {k: v for k, v in tiny.unet.config.items() if not k.startswith("_")}
         sd1 = UNet2DConditionModel.from_config({**config, "cross_attention_dim": 768})
         path = write_lora(tmp_path / "sd1", unet=sd1, fmt="kohya")
-        says = ["is for SD 1.x (768-wide cross-attention)", "32-wide cross-attention", "style_kohya"]
+        says = ["for SD 1.x (768-wide cross-attention)", "32-wide cross-attention", "style_kohya"]
     elif case == "damaged":
         path = write_lora(tmp_path / "cut", unet=tiny.unet)
         path.write_bytes(path.read_bytes()[:300])
