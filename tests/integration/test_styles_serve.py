@@ -294,3 +294,27 @@ def test_a_bad_lora_stops_the_start_in_one_line_naming_it(
     assert len(errors) == 1, errors
     assert all(fragment in errors[0] for fragment in says), errors[0]
     memory.reset()
+
+
+def test_bench_times_a_lora_a_weight_change_and_a_controlnet_on_random_ones(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """``bench --weights tiny --lora random --controlnet tiny``: the rows beside the plain
+    frame, with a LoRA made for the architecture and a ControlNet built from its UNet."""
+    from livediffusion.cli import main
+
+    report = tmp_path / "styles.json"
+    code = main(
+        [
+            "bench", "--weights", "tiny", "--device", "cpu", "--compile", "off",
+            "--size", "64", "--frames", "3", "--warmup", "1",
+            "--lora", "random:0.7", "--controlnet", "tiny", "--json", str(report),
+        ]
+    )  # fmt: skip
+    assert code == 0
+    out = capsys.readouterr().out
+    for row in ("frame, plain", "frame + ControlNet tiny", "frame + LoRA", "LoRA weight change"):
+        assert row in out, out
+    rows = {row["name"]: row for row in json.loads(report.read_text())["styles"]}
+    assert len(rows) == 4 and all(row["ms_p50"] > 0 for row in rows.values())
+    assert rows["frame + ControlNet tiny"]["share"] is not None

@@ -112,7 +112,7 @@ def run_style_bench(
         backend = choice.build(plain, model)
         try:
             base = _frames(backend, frames=frames, warmup=warmup)
-            out.write(f"{'frame, plain':<40} {base[0]:8.2f} ms  ({backend.name})\n")
+            out.write(f"{'frame, plain':<44} {base[0]:8.2f} ms  ({backend.name})\n")
         finally:
             backend.close()
         rows.append(StyleRow("frame, plain", *base))
@@ -164,7 +164,7 @@ def _beside(
 def format_styles(rows: list[StyleRow]) -> str:
     lines = []
     for row in rows:
-        text = f"{row.name:<40} {row.ms_p50:8.2f} ms  p99 {row.ms_p99:8.2f}"
+        text = f"{row.name:<44} {row.ms_p50:8.2f} ms  p99 {row.ms_p99:8.2f}"
         if row.extra_ms is not None and row.share is not None:
             text += f"  {row.extra_ms:+.2f} ms, {100 * row.share:.1f}% of this frame"
         elif row.name == "LoRA weight change":

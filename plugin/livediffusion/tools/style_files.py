@@ -67,5 +67,7 @@ def write_random_lora(
     if not layers:
         raise ValueError("this UNet has none of the layers a LoRA usually trains")
     Path(folder).mkdir(parents=True, exist_ok=True)
-    StableDiffusionLoraLoaderMixin.save_lora_weights(str(folder), unet_lora_layers=layers)
-    return Path(folder) / "pytorch_lora_weights.safetensors"
+    StableDiffusionLoraLoaderMixin.save_lora_weights(
+        str(folder), unet_lora_layers=layers, weight_name="random.safetensors"
+    )
+    return Path(folder) / "random.safetensors"
