@@ -175,6 +175,7 @@ def test_a_lora_weight_over_osc_changes_the_next_frames_and_the_models_weights(
     served.until(lambda: backend.lora_weights == (0.0, 0.0))
     off = served.frame()
     assert _differs(off, without) > 0.05
+    assert served.ask_status()[8] == "0 0"  # what the model runs at: off is 0, not its 0.5
     served.send("/lora/1/on", 1)
     served.until(lambda: backend.lora_weights == (0.0, 0.5))
     assert _differs(served.frame(), without) < 0.01  # the same look again (no feedback)

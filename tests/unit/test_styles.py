@@ -320,3 +320,26 @@ def test_weight_changes_glide_and_re_encode_prompts_only_when_the_text_encoder_m
     assert weights.apply(12.1) and backend.lora_weights == (0.0, 1.0)
     assert encoded == [1]  # the LoRA on the text encoder moved: prompts encoded again
     assert styles.applied == (0.0, 1.0) and styles.status_text() == "0 1"
+
+
+def test_the_prompt_cache_is_forgotten_when_the_text_encoder_changes() -> None:
+    """After a LoRA on the text encoder moved, a cached embedding is of the old weights; an
+    encode that was under way while they changed is used once, not kept."""
+    from livediffusion.control.controls import ControlStore
+    from livediffusion.run.prompts import PromptEncoder
+
+    calls: list[str] = []
+    encoder: PromptEncoder
+
+    def encode(text: str) -> str:
+        calls.append(text)
+        if text == "changing":
+            encoder.forget()  # the weights changed while this one was being encoded
+        return f"{text}#{len(calls)}"
+
+    encoder = PromptEncoder(encode, ControlStore())
+    assert encoder.encode("a") == encoder.encode("a") == "a#1"
+    encoder.forget()
+    assert encoder.encode("a") == "a#2"  # encoded again with the new weights
+    assert encoder.encode("changing") == "changing#3"
+    assert encoder.encode("changing") == "changing#4"  # the first was not kept
