@@ -213,9 +213,10 @@ def test_status_ping_and_the_reply_stream(start: Callable[..., Running]) -> None
         server.send("/status", sock=asker)
         decoded = Decoded(asker.recv(65_535))
         assert decoded.address == "/status"
-        in_fps, out_fps, latency, dropped, model, backend, rejected = decoded.params
+        in_fps, out_fps, latency, dropped, model, backend, rejected, scale, loras = decoded.params
         assert in_fps > 5 and out_fps > 0 and latency > 0 and dropped >= 0
         assert (model, backend, rejected) == ("sdxs-512-0.9", "torch-cpu float32", 0)
+        assert (scale, loras) == (0.0, "")  # neither --controlnet nor --lora here
         server.send("/ping", "x", 2, sock=asker)
         assert Decoded(asker.recv(65_535)).params == ["x", 2]
     # --osc-reply: /status once a second, without being asked
