@@ -55,6 +55,9 @@ KNOWN_ADDRESSES = (
     "/glide",
     "/prompt/glide",
     "/seed/glide",
+    "/controlnet/scale",
+    "/lora/N/weight",
+    "/lora/N/on",
     "/preset/save",
     "/preset/recall",
     "/reset",
@@ -72,6 +75,8 @@ STATUS_FIELDS = (
     "model",
     "backend",
     "osc_rejected",
+    "controlnet_scale",
+    "lora_weights",
 )
 STATUS_MINIMUM = 6  # what every server sends
 
@@ -107,6 +112,8 @@ def canonical(address: str) -> str | None:
     for name in (path, path.replace("_", "/")):
         if name in KNOWN_ADDRESSES:
             return name
+        if re.fullmatch(r"/lora/\d+/(weight|on)", name):
+            return name  # /lora/N/weight for a LoRA's number N (from 0, in --lora order)
     return None
 
 

@@ -9,11 +9,11 @@ Start the server with a reply address, then run this where that address points::
     in 29.97 fps  out 29.5 fps  latency 41.23 ms  dropped 3  sdxs-512-0.9 on torch-cuda float16
     ... and, with --osc-echo, the latest change after it:  | /strength 0.5
 
-The server sends ``/status in_fps out_fps latency_p50_ms dropped model backend osc_rejected``
-once a second (with ``--osc-prefix /stage1``: ``/stage1/status``), and with ``--osc-echo`` every
-accepted change, which is shown after the ``|``. The OSC decoder below reads just the types
-the server sends (``s``, ``f``, ``i``) so this runs on a machine without python-osc; anything
-it cannot read is skipped, never fatal.
+The server sends ``/status in_fps out_fps latency_p50_ms dropped model backend osc_rejected
+controlnet_scale lora_weights`` once a second (with ``--osc-prefix /stage1``:
+``/stage1/status``), and with ``--osc-echo`` every accepted change, which is shown after
+the ``|``. The OSC decoder below reads just the types the server sends (``s``, ``f``, ``i``)
+so this runs on a machine without python-osc; anything it cannot read is skipped, never fatal.
 """
 
 from __future__ import annotations

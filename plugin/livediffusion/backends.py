@@ -14,7 +14,7 @@ import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from livediffusion.config import ServeConfig
 from livediffusion_models.backends import Backend
@@ -23,9 +23,19 @@ if TYPE_CHECKING:
     import torch
 
     from livediffusion_models.backends.cuda_graph import CompileMode
+    from livediffusion_models.controlnet import LoadedControlNet
+    from livediffusion_models.lora import LoraRequest
+    from livediffusion_models.lora.read import WeightedLora
     from livediffusion_models.weights import LoadedModel
 
-__all__ = ["BACKENDS", "BackendChoice", "build_backend", "choose_backend"]
+__all__ = [
+    "BACKENDS",
+    "BackendChoice",
+    "build_backend",
+    "choose_backend",
+    "find_loras",
+    "read_styles",
+]
 
 log = logging.getLogger("livediffusion")
 
@@ -37,6 +47,8 @@ class BackendChoice:
     """Raise with one sentence if this backend cannot run here; cheap, before any loading."""
     load_dtype: Callable[[ServeConfig], torch.dtype]
     build: Callable[[ServeConfig, LoadedModel], Backend]
+    """Build it from loaded weights; the LoRAs and the ControlNet are read there
+    (:func:`read_styles`), before the backend touches the modules."""
 
 
 def _model_size(config: ServeConfig, model: LoadedModel) -> tuple[int, int]:
@@ -85,6 +97,7 @@ def _torch_build(config: ServeConfig, model: LoadedModel) -> Backend:
         compile=_compile_mode(config.compile),
         compile_cache=cache_dir(config.cache_dir) / "torch-compile",
         streams=len(config.stream_list()),
+        **_torch_styles(config, model),
     )
     return TorchBackend.from_components(model, options)
 
@@ -125,6 +138,8 @@ def _coreml_build(config: ServeConfig, model: LoadedModel) -> Backend:
         seed=config.controls.seed,
         coreml=config.coreml,
         cache_dir=config.cache_dir,
+        lora_styles=config.lora_styles,
+        **_coreml_styles(config, model),
     )
     log.info(
         "Core ML: %s programs (converted once per model, size and settings; "
@@ -178,6 +193,7 @@ def build_backend(config: ServeConfig) -> Backend:
     spec = get_model(config.model)
     weights = config.weights or spec.hub_id
     dtype = choice.load_dtype(config)
+    find_loras(config.lora, cache_dir=config.cache_dir)  # a typo said before a minute of loading
     log.info("loading %s (%s weights) for the %s backend", spec.name, weights, name)
     started = time.monotonic()
     model = load_model(spec, weights, cache_dir=config.cache_dir, progress=True, torch_dtype=dtype)
@@ -191,3 +207,60 @@ def build_backend(config: ServeConfig) -> Backend:
         height,
     )
     return backend
+
+
+# -- LoRAs and the ControlNet ----------------------------------------------------------------
+
+
+def find_loras(requests: tuple[LoraRequest, ...], *, cache_dir: str | None) -> None:
+    """Find (or fetch) every ``--lora`` file before the model loads: a missing one is said
+    in one line at once. Reading and checking them against the model comes after."""
+    if not requests:
+        return
+    from livediffusion_models.lora.files import resolve_lora
+
+    for request in requests:
+        resolve_lora(request.source, cache_dir=cache_dir)
+
+
+def read_styles(
+    config: ServeConfig, model: LoadedModel
+) -> tuple[tuple[WeightedLora, ...], LoadedControlNet | None]:
+    """Every ``--lora`` read and checked against ``model``, then the ``--controlnet``: all of
+    them before any weight moves, so a bad one stops the start with its one line and nothing
+    is applied half-way."""
+    loras: tuple[WeightedLora, ...] = ()
+    if config.lora:
+        from livediffusion_models.lora.read import read_loras
+
+        loras = read_loras(model, config.lora, cache_dir=config.cache_dir)
+        for choice in loras:
+            log.info("LoRA %s (%s) at %g", choice.lora.name, choice.lora.base, choice.weight)
+    controlnet = None
+    if config.controlnet is not None:
+        from livediffusion_models.controlnet import load_controlnet
+
+        controlnet = load_controlnet(
+            config.controlnet,
+            spec=model.spec,
+            unet=model.unet,
+            cache_dir=config.cache_dir,
+            seed=config.controls.seed,
+        )
+        log.info("ControlNet %s (%s condition)", controlnet.name, controlnet.condition)
+    return loras, controlnet
+
+
+def _torch_styles(config: ServeConfig, model: LoadedModel) -> dict[str, Any]:
+    if not config.lora and config.controlnet is None:
+        return {}
+    runtime = config.lora_runtime
+    if runtime not in ("in-place", "peft"):
+        raise ValueError(f"lora_runtime must be in-place or peft, got {runtime!r}")
+    loras, controlnet = read_styles(config, model)
+    return {"loras": loras, "controlnet": controlnet, "lora_runtime": runtime}
+
+
+def _coreml_styles(config: ServeConfig, model: LoadedModel) -> dict[str, Any]:
+    loras, controlnet = read_styles(config, model)
+    return {"loras": loras, "controlnet": controlnet}

@@ -56,15 +56,15 @@ def _arguments(
         if option.boolean:
             group.add_argument(option.flag, action=argparse.BooleanOptionalAction, **extra)
             continue
-        if option.repeat:  # each occurrence's words are checked with the others, later
-            assert option.nargs is not None and option.metavar is not None
-            group.add_argument(
-                option.flag,
-                action="append",
-                nargs=option.nargs,
-                metavar=tuple(option.metavar.split()),
-                **extra,
-            )
+        if option.repeat:
+            assert option.metavar is not None
+            if option.nargs is None:  # one word each (--lora): argparse checks each one
+                extra.update(type=_flag_type(option), metavar=option.metavar)
+            else:  # each occurrence's words are checked with the others, later
+                extra.update(nargs=option.nargs, metavar=tuple(option.metavar.split()))
+            if not given_only:
+                extra["default"] = None  # append would add to the table's () in place
+            group.add_argument(option.flag, action="append", **extra)
             continue
         if option.bare is not None:
             extra.update(nargs="?", const=option.parse(option.bare))
@@ -102,6 +102,10 @@ _MODEL_KEYS = ("model", "weights", "backend", "device", "dtype", "cache_dir")
 _COREML_KEYS = ("variant", "precision", "target", "compute_units", "states")
 _COREML_HINT_KEYS = ("low_precision_accumulation", "specialization")
 """Load-time only (Core ML optimization hints): serve, bench and doctor, not convert."""
+_STYLE_DOWNLOADS = ("lora", "controlnet")
+_STYLE_BAKES = ("lora", "lora_styles", "controlnet")
+"""What ``convert`` bakes into the programs (part of the cache key)."""
+_STYLE_KEYS = ("lora", "lora_runtime", "lora_styles", "controlnet")
 
 
 def _coreml_settings(args: argparse.Namespace) -> CoreMLSettings:
@@ -159,8 +163,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="how long to look for senders; NDI answers within a second or two (default: 2)",
     )
 
-    download = commands.add_parser("download", help="fetch a model's weights into the cache")
-    _arguments(download, ("model", "weights", "cache_dir"))
+    download = commands.add_parser(
+        "download",
+        help="fetch a model's weights into the cache (or only --lora and --controlnet)",
+        description="Fetch weights ahead of a show. With --lora or --controlnet alone only "
+        "those are fetched; add --model or --weights to fetch the model too.",
+    )
+    _arguments(download, ("model", "weights", "cache_dir", *_STYLE_DOWNLOADS), given_only=True)
 
     convert = commands.add_parser(
         "convert",
@@ -169,7 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Convert a model to Core ML programs in the cache. Works on Linux and "
         "Windows too, to prepare programs for a Mac.",
     )
-    _arguments(convert, ("model", "weights", "cache_dir", "size", *_COREML_KEYS))
+    _arguments(convert, ("model", "weights", "cache_dir", "size", *_COREML_KEYS, *_STYLE_BAKES))
     convert.add_argument("--force", action="store_true", help="convert again even if cached")
 
     bench = commands.add_parser(
@@ -181,7 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _arguments(
         bench,
-        (*_MODEL_KEYS, "compile", "size", *_COREML_KEYS, *_COREML_HINT_KEYS),
+        (*_MODEL_KEYS, "compile", "size", *_COREML_KEYS, *_COREML_HINT_KEYS, *_STYLE_KEYS),
         defaults={"weights": "random"},
     )
     bench.add_argument("--frames", type=int, default=50, help="timed runs per stage (50)")
@@ -314,7 +323,8 @@ def _serve_config(args: argparse.Namespace) -> ServeConfig:
     }
     for option in OPTIONS:
         if option.repeat and option.key in flags:
-            flags[option.key] = _repeated(option, flags[option.key])
+            given = flags[option.key]
+            flags[option.key] = _repeated(option, given) if option.nargs else tuple(given)
     values = read_config_file(args.config) if args.config else {}
     values.update(flags)
     config = config_from_values(values)
@@ -323,17 +333,24 @@ def _serve_config(args: argparse.Namespace) -> ServeConfig:
     preset = PresetFile(config.presets).load(config.preset)
     kept = {key: value for key, value in preset.items() if key not in flags}
     log.info("starting from preset %d (%s)", config.preset, PresetFile(config.presets).path)
-    return dataclasses.replace(config, controls=dataclasses.replace(config.controls, **kept))
+    streams = tuple(  # every stream starts from the preset too (flags still win)
+        dataclasses.replace(stream, controls=dataclasses.replace(stream.controls, **kept))
+        for stream in config.streams
+    )
+    return dataclasses.replace(
+        config, controls=dataclasses.replace(config.controls, **kept), streams=streams
+    )
 
 
-def _repeated(option: Option, given: list[list[str]]) -> tuple[Any, ...]:
+def _repeated(option: Option, given: list[Any]) -> tuple[Any, ...]:
     """Each occurrence of a repeatable flag, checked; a bad one is argparse's kind of error."""
     items = []
     for words in given:
         try:
             items.append(option.parse(words))
         except ValueError as exc:
-            raise ValueError(f"{option.flag} {' '.join(words)}: {exc}") from None
+            shown = " ".join(words) if isinstance(words, list) else words
+            raise ValueError(f"{option.flag} {shown}: {exc}") from None
     return tuple(items)
 
 
@@ -351,18 +368,28 @@ def _list_sources(timeout: float) -> int:
 
 
 def _download(args: argparse.Namespace) -> int:
-    from livediffusion_models.registry import get_model
+    from livediffusion_models.registry import DEFAULT_MODEL, get_model
     from livediffusion_models.weights import download
 
-    spec = get_model(args.model)
-    path = download(spec, args.weights, cache_dir=args.cache_dir)
-    print(path)
+    spec = get_model(getattr(args, "model", DEFAULT_MODEL))
+    cache = getattr(args, "cache_dir", None)
+    styles = hasattr(args, "lora") or hasattr(args, "controlnet")
+    if not styles or hasattr(args, "model") or hasattr(args, "weights"):
+        print(download(spec, getattr(args, "weights", None), cache_dir=cache))
+    if styles:
+        from livediffusion.tools.style_files import download_styles
+
+        for path in download_styles(
+            spec, getattr(args, "lora", []), getattr(args, "controlnet", None), cache_dir=cache
+        ):
+            print(path)
     return 0
 
 
 def _convert(args: argparse.Namespace) -> int:
     import sys as _sys
 
+    from livediffusion.backends import find_loras, read_styles
     from livediffusion_models.coreml import default_target, require_coremltools
     from livediffusion_models.coreml.convert import convert, resolve_stateful
     from livediffusion_models.registry import get_model
@@ -378,7 +405,11 @@ def _convert(args: argparse.Namespace) -> int:
         settings.variant, settings.precision, settings.target or default_target(), settings.states
     )
     log.info("loading %s (%s weights) in float32 for conversion", spec.name, weights)
+    requests = tuple(args.lora or ())
+    find_loras(requests, cache_dir=args.cache_dir)
     model = load_model(spec, weights, cache_dir=args.cache_dir, progress=True)
+    styles = ServeConfig(lora=requests, controlnet=args.controlnet, cache_dir=args.cache_dir)
+    loras, controlnet = read_styles(styles, model)
     converted = convert(
         model,
         model=spec.name,
@@ -388,6 +419,9 @@ def _convert(args: argparse.Namespace) -> int:
         target=settings.target,
         variant=settings.variant,
         stateful=settings.states,
+        loras=loras,
+        styles=args.lora_styles,
+        controlnet=controlnet,
         cache_dir=args.cache_dir,
         force=args.force,
     )
@@ -395,13 +429,26 @@ def _convert(args: argparse.Namespace) -> int:
     for program in converted.programs.values():
         print(f"  {program.package.name}")
     if _sys.platform != "darwin":
-        for line in for_a_mac(converted, model=spec.name, weights=args.weights, given=settings):
+        styled = _style_flags(requests, args.lora_styles, args.controlnet)
+        for line in for_a_mac(
+            converted, model=spec.name, weights=args.weights, given=settings, styles=styled
+        ):
             print(f"# {line}", file=_sys.stderr)
     return 0
 
 
+def _style_flags(requests: Sequence[Any], lora_styles: bool, controlnet: str | None) -> str:
+    """The convert flags that are part of the cache key, for the command the Mac runs."""
+    import shlex
+
+    words = [f"--lora {shlex.quote(f'{r.source}:{r.weight:g}')}" for r in requests]
+    words += ["--lora-styles"] if lora_styles else []
+    words += [f"--controlnet {shlex.quote(controlnet)}"] if controlnet else []
+    return "".join(" " + word for word in words)
+
+
 def for_a_mac(
-    converted: Any, *, model: str, weights: str | None, given: CoreMLSettings
+    converted: Any, *, model: str, weights: str | None, given: CoreMLSettings, styles: str = ""
 ) -> list[str]:
     """What to copy where, and the exact command that finds it, for programs made off macOS.
 
@@ -431,7 +478,7 @@ def for_a_mac(
         "folder, keeping its name, to",
         f"  ~/Library/Caches/livediffusion/{where}/",
         "(or $LIVEDIFFUSION_CACHE/..., or --cache-dir DIR/... there), then run there:",
-        f"  livediffusion serve --backend coreml {' '.join(flags)}",
+        f"  livediffusion serve --backend coreml {' '.join(flags)}{styles}",
         "it is found as it is (no conversion): compiled once on the first start, then loaded",
     ]
 
@@ -447,6 +494,10 @@ def _check_config(args: argparse.Namespace) -> ServeConfig:
         size=args.size,
         cache_dir=args.cache_dir,
         coreml=_coreml_settings(args),
+        lora=tuple(getattr(args, "lora", None) or ()),
+        lora_runtime=getattr(args, "lora_runtime", "in-place"),
+        lora_styles=getattr(args, "lora_styles", False),
+        controlnet=getattr(args, "controlnet", None),
     )
 
 
@@ -477,6 +528,10 @@ def _bench(args: argparse.Namespace) -> int:
             out=sys.stdout,
         )
         return 0
+    if config.lora or config.controlnet:
+        from livediffusion.tools.bench_styles import styles_command
+
+        return styles_command(config, frames=args.frames, warmup=args.warmup, json=args.json)
     result = run_bench(config, frames=args.frames, warmup=args.warmup)
     print(format_table(result))
     if args.json:

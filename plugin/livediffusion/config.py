@@ -9,11 +9,14 @@ from __future__ import annotations
 import re
 import sys
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from livediffusion.control.controls import Controls
 from livediffusion_models.coreml import CoreMLSettings
 from livediffusion_models.imaging import FitMode
+
+if TYPE_CHECKING:
+    from livediffusion_models.lora import LoraRequest
 
 __all__ = [
     "MAX_STREAMS",
@@ -114,6 +117,10 @@ class ServeConfig:
     duration: float | None = None  # stop by itself after this many seconds (demos, soak)
     log_level: str = "info"
     log_file: str | None = None
+    lora: tuple[LoraRequest, ...] = ()  # --lora / [[lora]]: /lora/N in this order
+    lora_runtime: str = "in-place"  # in-place | peft (torch)
+    lora_styles: bool = False  # Core ML: one program function per LoRA, switched live
+    controlnet: str | None = None  # a registry name, hub id or folder
 
     def stream_list(self) -> tuple[StreamConfig, ...]:
         """The streams to run: the named ones, or the one from ``source`` to ``sink``."""

@@ -15,6 +15,7 @@ from livediffusion.config import MAX_STREAMS, ServeConfig, StreamConfig
 from livediffusion.control.controls import (
     Controls,
 )
+from livediffusion.control.styles import lora_tables, starting_scale
 from livediffusion.options import (
     BY_KEY,
     GROUPS,
@@ -117,9 +118,10 @@ def config_from_values(values: Mapping[str, Any]) -> ServeConfig:
         **{
             field.name: merged[field.name]
             for field in dataclasses.fields(Controls)
-            if field.name in BY_KEY and field.name != "strength"
+            if field.name in BY_KEY and field.name not in ("strength", "controlnet_scale")
         },
         strength=strength,
+        controlnet_scale=starting_scale(merged["controlnet"], merged["controlnet_scale"]),
     )
     coreml = CoreMLSettings(
         **{field.name: merged[field.name] for field in dataclasses.fields(CoreMLSettings)}
@@ -224,4 +226,5 @@ def format_toml(values: Mapping[str, Any]) -> str:
         lines.append(f"sink = {_toml_value(stream.sink)}")
         lines.extend(f"{key} = {_toml_value(value)}" for key, value in stream.look)
         lines.append("")
+    lines.extend(lora_tables(values.get("lora", ())))
     return "\n".join(lines)

@@ -350,3 +350,53 @@ def _optional_stream_name(value: object) -> str | None:
     if value in ("", None):
         return None
     return _stream_name(value)
+
+
+# -- LoRA and ControlNet --------------------------------------------------------------------
+
+LORA_RUNTIMES = ("in-place", "peft")
+"""``--lora-runtime``: the models' ``LORA_RUNTIMES``, named here without importing torch."""
+
+
+def _lora_weight(value: object, source: str) -> float:
+    from livediffusion.control.controls import LORA_WEIGHT
+
+    try:
+        weight: float = parse_message(LORA_WEIGHT, (value,)).value
+    except ControlError as exc:
+        shown = str(exc).replace(f"{LORA_WEIGHT} ", "", 1)
+        raise ValueError(f"LoRA {source}: its weight {shown}") from None
+    return weight
+
+
+def _lora(value: object) -> Any:
+    """``PATH|HUB_ID[:WEIGHT]`` (a flag) or a ``[[lora]]`` table (``path``, ``weight``) ->
+    a ``LoraRequest``; the file itself is read once the model is there."""
+    from livediffusion_models.lora import LoraRequest
+
+    if isinstance(value, dict):
+        unknown = sorted(set(value) - {"path", "weight"})
+        if unknown or "path" not in value:
+            raise ValueError(
+                f"a [[lora]] table takes path (a file, folder or hub id) and weight; got "
+                f"{', '.join(map(str, value)) or 'nothing'}"
+            )
+        path = _text(value["path"]).strip()
+        if not path:
+            raise ValueError("a [[lora]] table's path is empty")
+        weight = value.get("weight", 1.0)
+        if isinstance(weight, bool) or not isinstance(weight, int | float):
+            raise ValueError(f"LoRA {path}: weight must be a number, got {_show(weight)}")
+        return LoraRequest(source=path, weight=_lora_weight(weight, path))
+    try:
+        request = LoraRequest.parse(_text(value))
+    except ValueError as exc:
+        raise ValueError(str(exc)) from None
+    _lora_weight(request.weight, request.source)
+    return request
+
+
+def _controlnet(value: object) -> str | None:
+    """A registry name, hub id or folder; ``random``/``tiny`` build one from the UNet."""
+    text = _optional_text(value)
+    return text.strip() if text else None

@@ -31,15 +31,18 @@ from livediffusion.control.controls import (
 )
 from livediffusion.option_values import (
     _PORT,
+    LORA_RUNTIMES,
     PREVIEW_MODES,
     Parser,
     _allow,
     _backend,
     _choice,
     _control,
+    _controlnet,
     _fraction,
     _host,
     _host_port,
+    _lora,
     _midi_map,
     _model,
     _optional_stream_name,
@@ -260,6 +263,32 @@ def _build_options() -> tuple[Option, ...]:
             metavar="DIR",
             default_text="the user cache directory",
         ),
+        _serve(
+            "lora",
+            "model",
+            "a LoRA style: a .safetensors file (kohya/A1111 or diffusers), a PEFT folder or a "
+            "hub id, at WEIGHT (0..2, default 1); repeat it for several, /lora/N/weight and "
+            "/lora/N/on in this order. In a config file: [[lora]] tables with path and weight",
+            _lora,
+            metavar="PATH|HUB_ID[:WEIGHT]",
+            repeat=True,
+        ),
+        _serve(
+            "lora_runtime",
+            "model",
+            "torch: in-place rewrites the touched weights on a weight change (nothing per "
+            "frame); peft keeps PEFT's adapters unfused (a LoRA branch every frame, to compare)",
+            _choice(LORA_RUNTIMES),
+            choices=LORA_RUNTIMES,
+        ),
+        _serve(
+            "controlnet",
+            "model",
+            "a ControlNet that keeps the input's shapes (a name from `livediffusion models`, a "
+            "hub id or a folder; random builds one from the UNet for tests); /controlnet/scale",
+            _controlnet,
+            metavar="NAME|HUB_ID|FOLDER",
+        ),
         _coreml(
             "variant",
             "fused: the whole frame in one program; stages: encoder, UNet and decoder as "
@@ -288,6 +317,16 @@ def _build_options() -> tuple[Option, ...]:
             _states,
             metavar="auto|on|off",
             default_text="auto",
+        ),
+        Option(
+            "lora_styles",
+            "coreml",
+            "bake each --lora as a function of one multifunction program (macOS 15), so "
+            "/lora/N/on and weights switch between the baked styles live (a cut, not a "
+            "crossfade); off: the LoRAs are baked at their weights, fixed",
+            _switch,
+            False,
+            boolean=True,
         ),
         _coreml(
             "low_precision_accumulation",
@@ -321,6 +360,15 @@ def _build_options() -> tuple[Option, ...]:
         _look("feedback", "", metavar="0..1"),
         _look("smoothing", "", metavar="0..1"),
         _look("blend", "", metavar="0..1"),
+        Option(
+            "controlnet_scale",
+            "look",
+            "how much --controlnet keeps the input's shapes, 0 = none (/controlnet/scale)",
+            _control("controlnet_scale"),
+            None,
+            metavar="0..2",
+            default_text="the ControlNet's (0.8 for sdxs-sketch, 0.5 for sd21-canny, else 1)",
+        ),
         _look("glide", "", metavar="SECONDS"),
         _look("prompt_glide", "", metavar="SECONDS"),
         _look("seed_glide", "", metavar="SECONDS"),

@@ -156,6 +156,7 @@ VALUES: dict[str, tuple[Any, Any]] = {
     "/glide": (0.5, 0.5),
     "/prompt/glide": (0, 0.0),
     "/seed/glide": (2, 2.0),
+    "/controlnet/scale": (1.5, 1.5),
 }
 
 
@@ -216,9 +217,10 @@ def test_status_ping_and_the_reply_stream(start: Callable[..., Running]) -> None
             if decoded.params[1] > 0 or time.monotonic() > deadline:
                 break
             time.sleep(0.2)
-        in_fps, out_fps, latency, dropped, model, backend, rejected = decoded.params
+        in_fps, out_fps, latency, dropped, model, backend, rejected, scale, loras = decoded.params
         assert in_fps > 5 and out_fps > 0 and latency > 0 and dropped >= 0
         assert (model, backend, rejected) == ("sdxs-512-0.9", "torch-cpu float32", 0)
+        assert (scale, loras) == (0.0, "")  # neither --controlnet nor --lora here
         server.send("/ping", "x", 2, sock=asker)
         assert Decoded(asker.recv(65_535)).params == ["x", 2]
     # --osc-reply: /status once a second, without being asked

@@ -26,7 +26,7 @@ from loopback import free_udp_port
 pytestmark = pytest.mark.integration
 
 
-_STATUS = (12.5, 11.0, 40.25, 3, "sdxs-512-0.9", "torch cpu float32", 2)
+_STATUS = (12.5, 11.0, 40.25, 3, "sdxs-512-0.9", "torch cpu float32", 2, 0.5, "0.8 0")
 
 
 @pytest.fixture
@@ -187,7 +187,7 @@ def test_status_and_ping_answer_the_sender(
     with _bound() as asker:
         asker.sendto(_message("/status", 1), server.address)
         address, params, tags = _reply(asker)
-        assert (address, tags) == ("/status", "fffissi")
+        assert (address, tags) == ("/status", "fffissifs")
         assert params == pytest.approx(list(_STATUS))
         asker.sendto(OscMessageBuilder("/ping").build().dgram, server.address)
         assert _reply(asker)[:2] == ("/pong", [])
@@ -542,5 +542,5 @@ def test_the_rejected_count_is_on_the_status_line_and_in_status(
         thread.join(10)
         memory.reset()
     assert codes == [0]
-    assert (address, tags) == ("/status", "fffissi")
-    assert params[4:] == ["sdxs-512-0.9", "torch-cpu float32", 3]
+    assert (address, tags) == ("/status", "fffissifs")
+    assert params[4:] == ["sdxs-512-0.9", "torch-cpu float32", 3, 0.0, ""]

@@ -101,10 +101,13 @@ def test_the_status_reply_is_described_as_the_server_sends_it() -> None:
     """The OSC table said `latency_ms` where the text said `latency_p50_ms`."""
     from livediffusion.control.controls import CONTROLS
 
-    fields = "in_fps out_fps latency_p50_ms dropped model backend osc_rejected"
+    fields = (
+        "in_fps out_fps latency_p50_ms dropped model backend osc_rejected controlnet_scale "
+        "lora_weights"
+    )
     assert CONTROLS["/status"].effect == f"reply /status {fields}"
     text = re.sub(r"\s+", " ", _readme())
-    assert f"`/status {fields}` (f f f i s s i;" in text
+    assert f"`/status {fields}` (f f f i s s i f s;" in text
     example = (ROOT / "examples" / "osc" / "livediffusion_osc.py").read_text(encoding="utf-8")
     assert re.search(
         r"STATUS_FIELDS = \(\s*" + r",\s*".join(f'"{f}"' for f in fields.split()), example

@@ -42,7 +42,17 @@ from livediffusion.control.surface import ControlSurface, StatusValues
 from livediffusion_bridge.osc import OscServer
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
-STATUS: StatusValues = (29.97, 29.5, 41.234, 3, "sdxs-512-0.9", "torch-cuda float16", 0)
+STATUS: StatusValues = (
+    29.97,
+    29.5,
+    41.234,
+    3,
+    "sdxs-512-0.9",
+    "torch-cuda float16",
+    0,
+    0.5,
+    "0.8 0",
+)
 # What STATUS looks like after the server's rounding and float32 on the wire, as printed.
 STATUS_SHOWN = {
     "in_fps": "29.97",
@@ -52,6 +62,8 @@ STATUS_SHOWN = {
     "model": "sdxs-512-0.9",
     "backend": "torch-cuda float16",
     "osc_rejected": "0",
+    "controlnet_scale": "0.5",
+    "lora_weights": "0.8 0",
 }
 
 PANEL_LINE = (  # status_panel.py's line for STATUS
@@ -198,6 +210,18 @@ def test_the_client_reads_an_address_as_the_server_does(osc_cli: ModuleType) -> 
     for text in spellings + junk:
         assert osc_cli.canonical(text) == canonical_address(text), text
     assert all(osc_cli.canonical(text) is not None for text in spellings)
+
+
+def test_the_client_reads_a_lora_address_as_the_server_does(osc_cli: ModuleType) -> None:
+    """`set lora_1_weight 0.5` must send /lora/1/weight, which the server takes (a LoRA's
+    number is not in the table: the styles store reads it)."""
+    from livediffusion.control.styles import lora_address
+
+    for text in ("/lora/1/weight", "lora_1_weight", "lora/0/on", "/lora_12_on"):
+        index, part = lora_address(text) or ("", "")
+        assert osc_cli.canonical(text) == f"/lora/{index}/{part}", text
+    for text in ("/lora/x/weight", "/lora/1/volume", "/lora/1"):
+        assert osc_cli.canonical(text) is None, text
 
 
 @pytest.mark.parametrize("spelling", ["strength", "/strength", "prompt_mix", "seed"])
@@ -634,6 +658,8 @@ def test_status_panel_decodes_what_python_osc_builds(panel: ModuleType) -> None:
         "sdxs-512-0.9",
         "torch-cuda float16",
         0,
+        pytest.approx(0.5),
+        "0.8 0",
     ]
     assert panel.decode(_datagram("/prompt", "café ☕")) == ("/prompt", ["café ☕"])
 

@@ -36,6 +36,11 @@ MAX_PROMPT_CHARS = 2000
 MAX_SEED = 2**32 - 1
 MAX_GLIDE_SECONDS = 60.0
 MAX_PRESET = 999
+MAX_CONTROLNET_SCALE = 2.0
+MAX_LORA_WEIGHT = 2.0
+LORA_WEIGHT = "/lora/N/weight"
+LORA_ON = "/lora/N/on"
+"""The LoRA rows of the table: N is a LoRA's place in ``--lora`` order (control.styles)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +60,7 @@ class Controls:
     glide: float = 0.0
     prompt_glide: float = 0.5
     seed_glide: float = 0.5
+    controlnet_scale: float = 1.0  # how much a --controlnet steers; nothing without one
 
 
 Kind = Literal["float", "int", "switch", "text", "action"]
@@ -137,6 +143,24 @@ CONTROLS: Mapping[str, ControlSpec] = {
         _seconds("/prompt/glide", "prompt_glide", "seconds a new prompt fades in"),
         _seconds("/seed/glide", "seed_glide", "seconds a new seed fades in"),
         ControlSpec(
+            "/controlnet/scale",
+            "float",
+            "how much --controlnet keeps the input's shapes (starts at its own); 0 = none",
+            "controlnet_scale",
+            0.0,
+            MAX_CONTROLNET_SCALE,
+            glides=True,
+        ),
+        ControlSpec(
+            LORA_WEIGHT,
+            "float",
+            "LoRA N's weight (N from 0, in --lora order; starts at its --lora weight); global",
+            low=0.0,
+            high=MAX_LORA_WEIGHT,
+            glides=True,
+        ),
+        ControlSpec(LORA_ON, "switch", "LoRA N on, or off (weight 0, its weight kept); global"),
+        ControlSpec(
             "/preset/save",
             "action",
             "store every value (prompts included) as preset N",
@@ -158,7 +182,8 @@ CONTROLS: Mapping[str, ControlSpec] = {
         ControlSpec(
             "/status",
             "action",
-            "reply /status in_fps out_fps latency_p50_ms dropped model backend osc_rejected",
+            "reply /status in_fps out_fps latency_p50_ms dropped model backend osc_rejected "
+            "controlnet_scale lora_weights",
         ),
         ControlSpec("/ping", "action", "reply /pong with the same arguments"),
     )

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Literal, cast
 
 from livediffusion.control.controls import CONTROLS, ControlSpec
+from livediffusion.control.styles import lora_spec
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -37,7 +38,8 @@ Submit = Callable[[str, tuple[Any, ...]], None]
 """The server's way in: validates with ``parse_message`` and raises ``ValueError`` if bad."""
 
 Current = Callable[[str], Any]
-"""``current(field)``: the control's present value, so a toggle knows which way to flip."""
+"""``current(field)``: the control's present value, so a toggle knows which way to flip; for
+a row without a field (``/lora/N/on``) it is asked by the concrete address."""
 
 Sent = tuple[str, tuple[Any, ...]]
 
@@ -92,10 +94,12 @@ class Binding:
     low: float | None = None
     high: float | None = None
     value: int | None = None
+    at: str = ""
+    """The address when it is not the row's own: ``/lora/0/weight`` for ``/lora/N/weight``."""
 
     @property
     def address(self) -> str:
-        return self.spec.address
+        return self.at or self.spec.address
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,6 +227,10 @@ def _parse_entry(entry: Mapping[str, Any], *, where: str, index: int) -> Binding
         raise fail(f"address is missing; known: {known}")
     address = entry["address"]
     spec = CONTROLS.get(address) if isinstance(address, str) else None
+    if isinstance(address, str) and spec is None:
+        spec = lora_spec(address)  # /lora/0/weight: N is checked by the server, which knows
+    if spec is not None and "/N/" in address:
+        raise fail(f"address {address!r} needs a LoRA's number for N: {address.replace('N', '0')}")
     if spec is None:
         raise fail(f"address {address!r} is not a control; known: {known}")
     if spec.kind == "text":
@@ -258,6 +266,7 @@ def _parse_entry(entry: Mapping[str, Any], *, where: str, index: int) -> Binding
         low=low,
         high=high,
         value=value,
+        at=address if address != spec.address else "",
     )
 
 
@@ -364,8 +373,8 @@ class MidiMapper:
         if not pressed:
             return None  # toggles and triggers act on the press only
         if mode == "toggle":
-            assert binding.spec.field is not None
-            return (0 if self._current(binding.spec.field) else 1,)
+            field = binding.spec.field
+            return (0 if self._current(binding.address if field is None else field) else 1,)
         return () if binding.value is None else (binding.value,)
 
 

@@ -57,11 +57,14 @@ class PresetFile:
         with self._lock:
             return sorted(int(key) for key in self._read() if key.isdigit())
 
-    def save(self, number: int, controls: Controls) -> None:
+    def save(self, number: int, controls: Controls, *, loras: list[Any] | None = None) -> None:
+        """``loras``: the LoRAs' values (``StyleStore.preset_entry``), kept under ``lora``."""
         try:
             with self._lock:
                 presets = self._read()
                 presets[str(number)] = preset_values(controls)
+                if loras:
+                    presets[str(number)]["lora"] = loras
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 temporary = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
                 document = {"format": _FORMAT, "presets": dict(sorted(presets.items()))}
@@ -87,5 +90,15 @@ class PresetFile:
             raise ControlError(f"preset {number} is not saved in {self.path} (saved: {saved})")
         if not isinstance(values, dict):
             raise ControlError(f"preset {number} in {self.path} is not a table")
-        values = {key: value for key, value in values.items() if key != "paused"}
+        values = {key: value for key, value in values.items() if key not in ("paused", "lora")}
         return validate_values(values, where=f"{self.path} preset {number}")
+
+    def load_loras(self, number: int) -> Any:
+        """The preset's ``lora`` entry as stored (None if it has none), for
+        ``StyleStore.from_preset`` to check; :meth:`load` said already whether it exists."""
+        try:
+            with self._lock:
+                values = self._read().get(str(number))
+        except OSError as exc:
+            raise ControlError(f"cannot read {self.path}: {exc.strerror or exc}") from None
+        return values.get("lora") if isinstance(values, dict) else None

@@ -25,17 +25,16 @@ log = logging.getLogger(__name__)
 
 
 def combine_status(values: Sequence[StatusValues]) -> StatusValues:
-    """Every stream's ``/status`` as one: rates and drops summed, the worst latency, the
-    model and backend (shared), the OSC count (shared, one server)."""
+    """Every stream's ``/status`` as one: rates and drops summed, the worst latency; the
+    rest as the first stream has it (model, backend, OSC count and LoRA weights are shared;
+    the ControlNet scale is the first stream's)."""
     first = values[0]
     return (
         sum(value[0] for value in values),
         sum(value[1] for value in values),
         max(value[2] for value in values),
         sum(value[3] for value in values),
-        first[4],
-        first[5],
-        first[6],
+        *first[4:],
     )
 
 
@@ -83,6 +82,8 @@ class StreamRouter:
         sender: tuple[str, int] | None = None,
     ) -> None:
         """Validate and apply one message; raises :class:`ControlError` if it is bad."""
+        if self.surfaces[0].styles.submit(address, args, prefix=self.prefix):
+            return  # /lora/N/...: the model's, shared by every stream
         found = self.surface_for(address)
         if found is not None:
             surface, named = found

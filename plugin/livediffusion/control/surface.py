@@ -24,15 +24,17 @@ from livediffusion.control.controls import (
     parse_message,
 )
 from livediffusion.control.presets import PresetFile
+from livediffusion.control.styles import LoraControl, StyleStore
 
 __all__ = ["ControlSurface", "Replier", "StatusValues"]
 
 log = logging.getLogger(__name__)
 
-StatusValues = tuple[float, float, float, int, str, str, int]
+StatusValues = tuple[float, float, float, int, str, str, int, float, str]
 """What ``/status`` answers: input FPS, output FPS, latency p50 ms, dropped, model, backend,
-OSC messages rejected. New fields only ever go at the end, so a reader of the first six
-keeps working."""
+OSC messages rejected, the ControlNet scale (0 without one), the LoRA weights the model runs
+at ("0.8 0"; '' without LoRAs). New fields only ever go at the end, so a reader of the first
+six keeps working."""
 
 _INT32_MAX = 2**31 - 1
 
@@ -55,9 +57,11 @@ class ControlSurface:
         echo: bool = False,
         recall_glide: float = 1.0,
         stream: str = "",
+        styles: StyleStore | None = None,
     ) -> None:
         """``status``: called for each ``/status`` (and each ``--osc-reply`` tick).
-        ``recall_glide``: seconds a preset recall takes when ``/glide`` is 0."""
+        ``recall_glide``: seconds a preset recall takes when ``/glide`` is 0.
+        ``styles``: the LoRAs' values (``/lora/N/...``), global to the model."""
         if echo and reply_to is None:
             raise ValueError("--osc-echo sends to the --osc-reply address: give --osc-reply too")
         self.store = store
@@ -68,8 +72,10 @@ class ControlSurface:
         self.stream = stream  # the stream's name (its addresses carry it in ``prefix``)
         self._status = status
         self._replier: Replier | None = None
+        self.styles = styles if styles is not None else StyleStore()
         if echo:
             store.subscribe(self._echo)
+            self.styles.subscribe(self._echo_lora)
 
     @property
     def label(self) -> str:
@@ -94,6 +100,8 @@ class ControlSurface:
         sender: tuple[str, int] | None = None,
     ) -> None:
         """Validate and apply one message; raises :class:`ControlError` if it is bad."""
+        if self.styles.submit(address, args, prefix=self.prefix):
+            return
         canonical = canonical_address(address, prefix=self.prefix)
         if canonical is None:
             under = f" under {self.prefix}" if self.prefix else ""
@@ -113,11 +121,16 @@ class ControlSurface:
 
     def _act(self, address: str, value: Any, sender: tuple[str, int] | None) -> None:
         if address == "/preset/save":
-            self.presets.save(value, self.store.snapshot())
+            self.presets.save(value, self.store.snapshot(), loras=self.styles.preset_entry())
         elif address == "/preset/recall":
             values = self.presets.load(value)
+            loras = self.styles.from_preset(
+                self.presets.load_loras(value), where=f"{self.presets.path} preset {value}"
+            )
             glide = self.store.snapshot().glide or self.recall_glide
             self.store.update(ramp_seconds=glide, **values)
+            if loras is not None:
+                self.styles.replace_all(loras, ramp_seconds=glide)
             log.info("%spreset %d recalled (gliding %.1f s)", self.label, value, glide)
         elif address == "/reset":
             if value is not None:  # None: a button's release
@@ -132,7 +145,7 @@ class ControlSurface:
     # -- out ------------------------------------------------------------------------------
 
     def status_values(self) -> StatusValues:
-        in_fps, out_fps, latency, dropped, model, backend, rejected = self._status()
+        in_fps, out_fps, latency, dropped, model, backend, rejected, scale, loras = self._status()
         return (
             round(in_fps, 2),
             round(out_fps, 2),
@@ -141,6 +154,8 @@ class ControlSurface:
             model,
             backend,
             min(rejected, _INT32_MAX),
+            round(scale, 4),
+            loras,
         )
 
     def send_status(self) -> None:
@@ -164,3 +179,10 @@ class ControlSurface:
                 continue
             sent = int(value) if isinstance(value, bool) else value
             self._replier.send(self.prefix + address, (sent,), self.reply_to)
+
+    def _echo_lora(self, index: int, value: LoraControl) -> None:
+        if self._replier is None or self.reply_to is None:
+            return
+        base = f"{self.prefix}/lora/{index}"
+        self._replier.send(f"{base}/weight", (value.weight,), self.reply_to)
+        self._replier.send(f"{base}/on", (int(value.on),), self.reply_to)

@@ -32,7 +32,9 @@ import numpy as np
 import numpy.typing as npt
 
 from livediffusion.control.controls import ControlStore
+from livediffusion.control.styles import StyleStore
 from livediffusion.run.lane import POLL, Lane, LaneOptions, Stream
+from livediffusion.run.lora_weights import LoraWeights
 from livediffusion.run.status import Stats
 from livediffusion_bridge import Frame, FrameSink, FrameSource
 from livediffusion_models.backends import Backend, FrameParams
@@ -111,10 +113,11 @@ class Engine:
         backend: Backend | None = None,
         options: EngineOptions | None = None,
         stop: threading.Event | None = None,
+        styles: StyleStore | None = None,
     ) -> None:
         """``stop``: an event shared with the caller (its signal handler), so setting it both
         stops running threads and cuts a start-up warm-up short. ``backend``: may come later,
-        through :meth:`start`."""
+        through :meth:`start`. ``styles``: the LoRA weights, global to the model."""
         if streams and (source is not None or sink is not None or controls is not None):
             raise ValueError("give either streams or one source, sink and controls")
         if not streams:
@@ -126,6 +129,8 @@ class Engine:
             raise ValueError(f"stream names must differ: {names}")
         self._backend = backend
         self.options = options or EngineOptions()
+        self.styles = styles if styles is not None else StyleStore()
+        self._lora_weights: LoraWeights | None = None  # made with the backend
         self._stop = stop or threading.Event()
         self._warm = threading.Event()
         self._arrived = threading.Event()  # a capture thread has put a frame in its slot
@@ -233,6 +238,12 @@ class Engine:
         for lane in self.lanes:
             lane.stats.backend = backend.name
             lane.start_prompts(backend)
+        self._lora_weights = LoraWeights(
+            self.styles,
+            backend,
+            glide=lambda: self.lanes[0].controls.snapshot().glide,
+            reencode=self._reencode_prompts,
+        )
         self._inference.start()  # it warms up first; frames would only be dropped meanwhile
         while not self._warm.wait(0.1) and not self._stop.is_set():
             pass
@@ -397,6 +408,12 @@ class Engine:
                 log.info("first frame processed in %.0f ms", 1000 * self.model_stats.step_p50())
                 first_frame = False
 
+    def _reencode_prompts(self) -> None:
+        """A LoRA on the text encoder moved: every stream's prompts encode to something else
+        now. On the frame thread, between frames, as the backend asks."""
+        for lane in self.lanes:
+            lane.reencode_prompts(self.backend)
+
     def _gather(self) -> bool:
         """Take the newest frame of every stream into ``_frames``; False when none came.
 
@@ -433,6 +450,10 @@ class Engine:
         lanes, frames = self.lanes, self._frames
         pixels, params, outs = self._pixels, self._params, self._outs
         backend = self.backend
+        weights = self._lora_weights
+        if weights is not None and weights.apply(time.monotonic()):
+            for lane in lanes:
+                lane.forget_similar()  # the same input no longer gives the same picture
         wanted = False
         for k, lane in enumerate(lanes):
             pixels[k] = params[k] = outs[k] = None

@@ -170,6 +170,21 @@ class Lane:
         self.started = True
         return prompts
 
+    def reencode_prompts(self, backend: Backend) -> None:
+        """Encode this stream's prompts again and hand them over (``from_mix`` 1): a LoRA
+        on the text encoder changed what they encode to."""
+        prompts = self._prompts
+        assert prompts is not None  # made in start_prompts(), before any frame
+        prompts.forget()
+        controls = self.controls.snapshot()
+        backend.set_prompt(prompts.encode(controls.prompt), stream=self.index)
+        if self._has_b and controls.prompt_b:
+            backend.set_prompt(prompts.encode(controls.prompt_b), slot="b", stream=self.index)
+
+    def forget_similar(self) -> None:
+        """``--skip-similar`` must not republish a frame made with other weights."""
+        self._gate.forget()
+
     def close_prompts(self, timeout: float) -> None:
         if self._prompts is not None:
             self._prompts.close(timeout=timeout)
@@ -280,6 +295,9 @@ class Lane:
             prompt_mix=self._prompt_glide.position(now),
             seed_mix=self._seed_glide.position(now),
             morph=morph if self._has_b and controls.prompt_b else 0.0,
+            controlnet_scale=ramps["controlnet_scale"].follow(
+                controls.controlnet_scale, now, seconds
+            ),
         )
 
     # -- --skip-similar ------------------------------------------------------------------------

@@ -31,6 +31,7 @@ class PromptEncoder:
         self._encode = encode
         self._store = store
         self._cache: OrderedDict[str, Any] = OrderedDict()
+        self._generation = 0  # bumped by forget(): an encode from before is not cached
         self._cache_size = cache_size
         self._ready: dict[PromptSlot, LatestSlot[tuple[str, Any]]] = {
             "a": LatestSlot(),
@@ -47,11 +48,19 @@ class PromptEncoder:
         if cached is not None:
             self._cache.move_to_end(text)
             return cached
+        generation = self._generation
         embedding = self._encode(text)
+        if generation != self._generation:
+            return embedding  # the text encoder changed meanwhile: good once, not to keep
         self._cache[text] = embedding
         while len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)
         return embedding
+
+    def forget(self) -> None:
+        """Drop every cached embedding: the text encoder's weights changed (a LoRA on it)."""
+        self._generation += 1
+        self._cache.clear()
 
     def start(self) -> PromptEncoder:
         self._thread.start()

@@ -21,6 +21,7 @@ from livediffusion.config import ServeConfig, StreamConfig
 from livediffusion.control.controls import ControlStore
 from livediffusion.control.presets import PresetFile
 from livediffusion.control.streams import StreamRouter
+from livediffusion.control.styles import StyleStore
 from livediffusion.control.surface import ControlSurface, StatusValues
 from livediffusion.run.engine import SOURCE_LOSS_MODES, Engine, EngineOptions, SourceLoss, Stream
 from livediffusion.run.preview import attach_preview
@@ -225,6 +226,7 @@ def _open_midi(
     surface: ControlSurface | StreamRouter,
     stores: list[ControlStore],
     streams: tuple[StreamConfig, ...],
+    styles: StyleStore,
 ) -> Iterator[None]:
     """MIDI drives every stream (the plain addresses), or the one ``--midi-stream`` names;
     relative controls (encoders) step from that stream's value (the first one's for all)."""
@@ -238,22 +240,33 @@ def _open_midi(
     if config.midi_stream is not None and isinstance(surface, StreamRouter):
         submit = surface.surfaces[index].submit
         log.info("MIDI drives stream %s", config.midi_stream)
-    mapper = MidiMapper(
-        load_map(config.midi_map), current=lambda field: getattr(store.snapshot(), field)
-    )
+
+    def current(field: str) -> Any:  # "/lora/0/on": the LoRAs' store, global
+        if field.startswith("/"):
+            return styles.value_at(field)
+        return getattr(store.snapshot(), field)
+
+    mapper = MidiMapper(load_map(config.midi_map), current=current)
     with MidiInput(config.midi, mapper, submit=submit):
         yield
 
 
 def _stream_status(
-    config: ServeConfig, index: int, engines: list[Engine], servers: list[OscServer]
+    config: ServeConfig,
+    index: int,
+    engines: list[Engine],
+    servers: list[OscServer],
+    store: ControlStore,
+    styles: StyleStore,
 ) -> Callable[[], StatusValues]:
     """What one stream's ``/status`` answers (``/cam/status``; ``/status`` without streams)."""
 
     def status() -> StatusValues:
         rejected = osc_rejected(servers[0].counters) if servers else 0
+        scale = store.snapshot().controlnet_scale if config.controlnet else 0.0
+        looks = (scale, styles.status_text())
         if not engines or not engines[0].warm:
-            return (0.0, 0.0, 0.0, 0, config.model, "starting", rejected)
+            return (0.0, 0.0, 0.0, 0, config.model, "starting", rejected, *looks)
         now = engines[0].lanes[index].stats.snapshot()
         return (
             now.input_fps,
@@ -263,6 +276,7 @@ def _stream_status(
             config.model,
             now.backend,
             rejected,
+            *looks,
         )
 
     return status
@@ -307,6 +321,7 @@ def _run(
         # opened before the model, which takes seconds to load.
         streams = config.stream_list()
         stores = [ControlStore(stream.controls) for stream in streams]
+        styles = StyleStore([request.weight for request in config.lora])
         engines: list[Engine] = []  # the engine, once it exists
         servers: list[OscServer] = []  # the OSC server, once it listens
         presets = PresetFile(config.presets)
@@ -314,12 +329,13 @@ def _run(
             ControlSurface(
                 store,
                 presets=presets,
-                status=_stream_status(config, index, engines, servers),
+                status=_stream_status(config, index, engines, servers, store, styles),
                 prefix=config.osc_prefix + (f"/{stream.name}" if stream.name else ""),
                 reply_to=config.osc_reply,
                 echo=config.osc_echo,
                 recall_glide=config.recall_glide,
                 stream=stream.name,
+                styles=styles,
             )
             for index, (stream, store) in enumerate(zip(streams, stores, strict=True))
         ]
@@ -351,7 +367,7 @@ def _run(
             else "",
         )
         if config.midi is not None:
-            stack.enter_context(_open_midi(config, surface, stores, streams))
+            stack.enter_context(_open_midi(config, surface, stores, streams, styles))
         ports: list[Stream] = []
         for stream, store in zip(streams, stores, strict=True):
             source = stack.enter_context(open_source(stream.source))
@@ -371,7 +387,7 @@ def _run(
             skip_similar=config.skip_similar,
             placeholder_size=config.size or _model_size(config.model),
         )
-        engine = Engine(streams=ports, options=options, stop=stop)
+        engine = Engine(streams=ports, options=options, stop=stop, styles=styles)
         loader = _Loader(config, backend, engine, stop)
         stack.callback(loader.close_backend)
         stack.callback(engine.stop)
