@@ -22,6 +22,7 @@ class Faulty(Backend):
         self.sleep = 0.0  # take this long per step
         self.steps = 0
         self.fail_streams: dict[int, int] = {}  # stream -> how many of its frames fail (NaN)
+        self.resets: list[int | None] = []  # the stream of each reset() (None: all)
 
     @property
     def streams(self) -> int:
@@ -45,6 +46,7 @@ class Faulty(Backend):
         self.inner.set_seed(seed, from_mix=from_mix, stream=stream)
 
     def reset(self, stream: int | None = None) -> None:
+        self.resets.append(stream)
         self.inner.reset(stream)
 
     def step_many(

@@ -221,6 +221,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument("--plot", metavar="FILE.png", help="draw the comparison as a chart")
     bench.add_argument(
+        "--modes",
+        metavar="MODE[,MODE...]",
+        help="--compare: only these of diffusers, eager, compiled, graph (default: all)",
+    )
+    bench.add_argument(
         "--streams",
         metavar="N[,N...]",
         help="time N streams batched through one step (frames/s of all, each stream's "
@@ -281,6 +286,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="memory growth after warm-up that still passes (default: 50)",
     )
     soak.add_argument("--json", metavar="FILE", help="also write the report to FILE as JSON")
+    soak.add_argument(
+        "--streams",
+        type=int,
+        default=1,
+        metavar="N",
+        help="N NDI pairs (each with its own feeder, restarts and receiver) through the one "
+        "batched model (1)",
+    )
 
     commands.add_parser("models", help="list the models livediffusion knows")
     hosts = commands.add_parser(
@@ -513,8 +526,15 @@ def _bench(args: argparse.Namespace) -> int:
     if args.compare or args.e2e or args.still is not None or args.plot or streams:
         if args.still is not None and not 0.0 < args.still <= 1.0:
             raise ValueError(f"--still must be more than 0 and at most 1, got {args.still:g}")
+        from livediffusion.tools.bench_modes import MODES
+
+        modes = tuple(part.strip() for part in (args.modes or ",".join(MODES)).split(","))
+        unknown = [mode for mode in modes if mode not in MODES]
+        if unknown or not modes:
+            raise ValueError(f"--modes takes {', '.join(MODES)}; got {args.modes!r}")
         run_comparison(
             config,
+            modes=modes,
             streams=streams,
             compare=args.compare or bool(args.plot and not args.e2e),
             e2e=args.e2e,

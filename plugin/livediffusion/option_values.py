@@ -400,3 +400,15 @@ def _controlnet(value: object) -> str | None:
     """A registry name, hub id or folder; ``random``/``tiny`` build one from the UNet."""
     text = _optional_text(value)
     return text.strip() if text else None
+
+
+_DEVICE = re.compile(r"^(auto|cuda|cuda:\d{1,2}|mps|cpu)$")
+
+
+def _device(value: object) -> str:
+    """``auto``, ``cuda``, ``cuda:N``, ``mps`` or ``cpu``; whether that GPU exists is known
+    only once torch is loaded, which says how many there are."""
+    text = _text(value).strip()
+    if not _DEVICE.match(text):
+        raise ValueError(f"must be one of auto, cuda, cuda:N, mps, cpu; got {_show(value)}")
+    return text

@@ -39,6 +39,7 @@ from livediffusion.option_values import (
     _choice,
     _control,
     _controlnet,
+    _device,
     _fraction,
     _host,
     _host_port,
@@ -224,9 +225,10 @@ def _build_options() -> tuple[Option, ...]:
         _serve(
             "device",
             "model",
-            "torch backend: auto = cuda, then mps, then cpu",
-            _choice(("auto", "cuda", "mps", "cpu")),
-            choices=("auto", "cuda", "mps", "cpu"),
+            "torch backend: auto = cuda, then mps, then cpu; cuda:N = the Nth GPU (one "
+            "process per GPU is the way past one: docs/benchmarks.md)",
+            _device,
+            metavar="auto|cuda|cuda:N|mps|cpu",
         ),
         _serve(
             "dtype",

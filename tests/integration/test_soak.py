@@ -122,3 +122,21 @@ def test_command_rejects_nonsense_before_starting_anything() -> None:
     args.restart_every, args.size = None, 100
     with pytest.raises(ValueError, match="multiple of 64"):
         soak_command(args)
+
+
+def test_a_soak_of_two_streams_restarts_each_feeder_and_counts_both(tmp_path: Path) -> None:
+    out = io.StringIO()
+    report = run_soak(
+        frames=400, minutes=None, size=64, source_fps=30.0, restart_every=4.0, out=out,
+        streams=2,
+    )  # fmt: skip
+    text = out.getvalue()
+    assert report.passed, text
+    assert "and 1 more such pairs" in text
+    assert report.errors == 0 and report.engine_errors in (0, None)
+    # each feeder went away and its own stream's frames proved it came back
+    assert report.restarts >= 2
+    assert report.recovery_seconds_max is not None and report.recovery_seconds_max < 15
+    assert report.frames_in is not None and report.frames_in <= report.frames_sent
+    assert report.frames_processed <= report.frames_sent
+    assert _soak_threads() == []

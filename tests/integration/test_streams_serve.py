@@ -22,6 +22,7 @@ from livediffusion.config_file import config_from_values
 from livediffusion.control.controls import Controls, ControlStore
 from livediffusion.run.engine import Engine, EngineOptions, Stream
 from livediffusion.run.server import run_server
+from livediffusion.tools.measure import picture
 from livediffusion_bridge import (
     FrameSink,
     Pixels,
@@ -34,7 +35,10 @@ from loopback import free_udp_port
 
 pytestmark = pytest.mark.integration
 
-_PICTURE = np.random.default_rng(0).integers(0, 256, (48, 64, 4), dtype=np.uint8)
+_PICTURE = picture(48, 64)  # smooth: it survives the framing into the model's size
+_PICTURES = {"a": _PICTURE, "b": _PICTURE.copy(), "c": 255 - _PICTURE}
+"""What each memory channel is fed: ``a`` and ``b`` alike (the same look must give the same
+output), ``c`` another picture (each stream must show its own input)."""
 
 
 def _dgram(address: str, *args: Any) -> bytes:
@@ -57,7 +61,7 @@ class _Feeder:
     def _run(self) -> None:
         while not self._stop.is_set():
             for name in self.names - self.paused:
-                memory.channel(name).push(_PICTURE)
+                memory.channel(name).push(_PICTURES[name])
             time.sleep(0.03)
 
     def close(self) -> None:
@@ -95,16 +99,16 @@ class _Served:
 @pytest.fixture
 def serve(make_tiny_backend: Callable[..., Any]) -> Iterator[Callable[..., _Served]]:
     memory.reset()
-    feeder = _Feeder("a", "b")
+    feeder = _Feeder("a", "b", "c")
     running: list[tuple[_Served, threading.Thread, list[int]]] = []
 
-    def launch(**values: Any) -> _Served:
+    def launch(*, clip_from: str = "memory://b", **values: Any) -> _Served:
         port = free_udp_port()
         config = config_from_values(
             {
                 "stream": (
                     _stream("cam", "memory://a", "memory://a-out"),
-                    _stream("clip", "memory://b", "memory://b-out"),
+                    _stream("clip", clip_from, "memory://b-out"),
                 ),
                 "osc_port": port,
                 "feedback": 0.0,
@@ -172,6 +176,53 @@ def test_a_change_on_one_stream_never_shows_on_the_other(serve: Callable[..., _S
     stores = [lane.controls.snapshot() for lane in served.engines[0].lanes]
     assert (stores[0].strength, stores[0].seed, stores[0].blend) == (0.1, 99, 0.0)
     assert (stores[1].strength, stores[1].seed, stores[1].blend) == (1.0, 42, 1.0)
+    # and the other way round: clip's seed moves clip only
+    cam_now, clip_now = served.latest("a-out", 3), served.latest("b-out", 3)
+    served.send("/clip/seed", 5)
+    served.send("/clip/blend", 0.0)
+    assert np.abs(served.latest("b-out", 3) - clip_now).mean() > 1.0
+    assert np.abs(served.latest("a-out", 3) - cam_now).max() <= 1
+
+
+def test_each_stream_shows_its_own_input(serve: Callable[..., _Served]) -> None:
+    served = serve(clip_from="memory://c")  # clip is fed another picture
+    served.send("/blend", 1.0)  # through the model, the input comes out: whose input is it
+    cam, clip = served.latest("a-out", 4)[..., :3], served.latest("b-out", 4)[..., :3]
+    a, c = _PICTURES["a"][..., :3], _PICTURES["c"][..., :3]  # c is a's negative
+
+    def off(out: np.ndarray, picture: np.ndarray) -> float:
+        return float(np.abs(out - picture.astype(int)).mean())
+
+    assert off(cam, a) < 0.5 * off(cam, c)  # framed at the model's size, so not exact
+    assert off(clip, c) < 0.5 * off(clip, a)
+
+
+def test_a_reset_on_one_stream_resets_that_stream_s_state(serve: Callable[..., _Served]) -> None:
+    served = serve()
+    served.backend.resets.clear()
+    served.send("/clip/reset")
+    served.latest("b-out", 3)
+    assert served.backend.resets == [1]  # the backend's row of clip, no other
+    served.send("/reset")
+    served.latest("a-out", 3)
+    served.latest("b-out", 3)
+    assert sorted(served.backend.resets[1:]) == [0, 1]
+
+
+def test_a_failed_batch_counts_against_every_stream_in_it_and_frames_go_on(
+    serve: Callable[..., _Served],
+) -> None:
+    served = serve()
+    lanes = served.engines[0].lanes
+    served.backend.fail = 2  # out of memory for the whole batch, twice
+    deadline = time.monotonic() + 30
+    while served.backend.fail:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    served.latest("a-out", 3)
+    served.latest("b-out", 3)
+    assert lanes[0].stats.errors >= 1 and lanes[1].stats.errors >= 1
+    assert served.engines[0].running and not served.engines[0].errors
 
 
 def test_plain_addresses_reach_every_stream(serve: Callable[..., _Served]) -> None:

@@ -175,6 +175,7 @@ def run_comparison(
     plot_path: str | None,
     out: TextIO,
     streams: tuple[int, ...] = (),
+    modes: tuple[str, ...] | None = None,
 ) -> dict[str, Any]:
     """``bench --compare/--e2e/--still/--streams``: load the weights once, run what was asked,
     print each part as it finishes, then write the JSON and the chart."""
@@ -223,7 +224,8 @@ def run_comparison(
     if compare:
         if name != "torch":
             raise ValueError("--compare times the torch modes: use --backend torch")
-        rows = compare_modes(config, model=model, frames=frames, warmup=warmup)
+        chosen = {"modes": modes} if modes else {}
+        rows = compare_modes(config, model=model, frames=frames, warmup=warmup, **chosen)
         report["modes"] = [{**asdict(row), "fps": row.fps, "tflops": row.tflops} for row in rows]
         out.write(format_modes(rows) + "\n\n")
         out.flush()

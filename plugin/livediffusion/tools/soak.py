@@ -38,7 +38,7 @@ import time
 from collections.abc import Iterator
 from typing import Any, TextIO
 
-from livediffusion.config import ServeConfig
+from livediffusion.config import MAX_STREAMS, ServeConfig, StreamConfig
 from livediffusion.tools.measure import free_udp_port
 from livediffusion.tools.soak_report import (
     DEFAULT_MAX_GROWTH_MB,
@@ -94,6 +94,7 @@ def run_soak(
     model: str = "sdxs-512-0.9",
     progress_seconds: float = PROGRESS_SECONDS,
     torch_threads: int | None = 1,
+    streams: int = 1,
 ) -> SoakReport:
     """Run the whole pipeline over NDI loopback until ``frames`` came back or ``minutes``
     passed (whichever is first; neither: until Ctrl-C), then print and return the report.
@@ -101,7 +102,9 @@ def run_soak(
     ``torch_threads``: intra-op threads for the run (restored afterwards). The tiny model
     gains nothing from more, and on a small machine they fight the transport threads; None
     leaves torch's setting alone. Ctrl-C (or SIGTERM when run from the main thread) ends the
-    soak early; the report still comes, marked interrupted.
+    soak early; the report still comes, marked interrupted. ``streams``: that many NDI pairs
+    (each with its own feeder, restarts and receiver) through the one batched model; the
+    counts are of all of them together.
     """
     if frames is not None and frames < 1:
         raise ValueError(f"frames must be at least 1, got {frames}")
@@ -111,7 +114,10 @@ def run_soak(
         raise ValueError(f"restart_every must be more than {RESTART_DOWN_SECONDS:g} s")
     if size % 64:
         raise ValueError(f"size must be a multiple of 64, got {size}")
+    if not 1 <= streams <= MAX_STREAMS:
+        raise ValueError(f"streams must be 1..{MAX_STREAMS}, got {streams}")
     soak = _Soak(
+        streams=streams,
         frames=frames,
         minutes=minutes,
         size=size,
@@ -217,7 +223,9 @@ class _Soak:
         model: str,
         progress_seconds: float,
         json_path: str | None = None,
+        streams: int = 1,
     ) -> None:
+        self.streams = streams
         self.json_path = json_path
         self.frames = frames
         self.minutes = minutes
@@ -231,8 +239,14 @@ class _Soak:
         self.started = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
         self.t0 = time.monotonic()
         tag = f"{os.getpid()}-{os.urandom(3).hex()}"
-        self.in_name = f"ld-soak-in-{tag}"
-        self.out_name = f"ld-soak-out-{tag}"
+        self.names = [
+            (
+                f"ld-soak-in-{tag}" + (f"-{k}" if k else ""),
+                f"ld-soak-out-{tag}" + (f"-{k}" if k else ""),
+            )
+            for k in range(streams)
+        ]
+        self.in_name, self.out_name = self.names[0]
         self.counters = _Counters()
         self.errors = _ErrorLog()
         self.memory = _Memory()
@@ -243,14 +257,18 @@ class _Soak:
         self.server_stop = threading.Event()
         self.server_thread: threading.Thread | None = None
         self.server_codes: list[int] = []
-        self.feeder = _Feeder(
-            name=self.in_name,
-            size=size,
-            fps=source_fps,
-            restart_every=restart_every,
-            counters=self.counters,
-        )
-        self.receiver = _Receiver(self.out_name, self.counters)
+        self.feeders = [
+            _Feeder(
+                name=source,
+                size=size,
+                fps=source_fps,
+                restart_every=restart_every,
+                counters=self.counters,
+                stream=k,
+            )
+            for k, (source, _) in enumerate(self.names)
+        ]
+        self.receivers = [_Receiver(sink, self.counters) for _, sink in self.names]
         self.end: float | None = None
         self.final_summary: Any = None
         self._shut = False
@@ -267,6 +285,12 @@ class _Soak:
         config = ServeConfig(
             source=f"ndi://{self.in_name}",
             sink=f"ndi://{self.out_name}?fps={self.source_fps:g}",
+            streams=tuple(
+                StreamConfig(f"s{k}", f"ndi://{source}", f"ndi://{sink}?fps={self.source_fps:g}")
+                for k, (source, sink) in enumerate(self.names)
+            )
+            if self.streams > 1
+            else (),
             model=self.model,
             weights="tiny",
             backend="torch",
@@ -282,18 +306,22 @@ class _Soak:
             target.append(f"{self.minutes:g} min")
         self.say(
             f"soak: {self.model} tiny weights on the CPU at {self.size}x{self.size}, "
-            f"NDI {self.in_name} -> serve -> {self.out_name}; until "
+            f"NDI {self.in_name} -> serve -> {self.out_name}"
+            + (f" and {self.streams - 1} more such pairs" if self.streams > 1 else "")
+            + "; until "
             f"{' or '.join(target) or 'Ctrl-C'}"
             + (f"; feeder restarts every {self.restart_every:g} s" if self.restart_every else "")
         )
         self.backend = build_backend(config)
         _count_steps(self.backend, self.counters)
-        self.receiver.thread.start()
+        for receiver in self.receivers:
+            receiver.thread.start()
         self.server_thread = threading.Thread(
             target=self._serve, args=(config,), name="soak-server", daemon=True
         )
         self.server_thread.start()
-        self.feeder.thread.start()
+        for feeder in self.feeders:
+            feeder.thread.start()
         self._watch()
 
     def _serve(self, config: ServeConfig) -> None:
@@ -407,17 +435,24 @@ class _Soak:
         self.end = time.monotonic()
         if self.memory.samples or self.memory.start is not None:
             self.memory.sample(self.end - self.t0)  # the end, while everything still runs
-        self.feeder.stop.set()
+        for feeder in self.feeders:
+            feeder.stop.set()
         self.server_stop.set()
-        self.receiver.stop.set()
-        for thread in (self.feeder.thread, self.server_thread, self.receiver.thread):
+        for receiver in self.receivers:
+            receiver.stop.set()
+        threads = [
+            *(feeder.thread for feeder in self.feeders),
+            self.server_thread,
+            *(receiver.thread for receiver in self.receivers),
+        ]
+        for thread in threads:
             if thread is not None and thread.is_alive():
                 thread.join(10.0)
                 if thread.is_alive():
                     self.counters.problem(f"{thread.name} did not stop within 10 s")
         if self.engine is not None:
             with contextlib.suppress(Exception):
-                self.final_summary = self.engine.stats.summary()
+                self.final_summary = [lane.stats.summary() for lane in self.engine.lanes]
         if self.server_thread is None and self.backend is not None:
             with contextlib.suppress(Exception):
                 self.backend.close()  # built, never handed to the server
@@ -504,30 +539,32 @@ class _Soak:
         engine, summary = self.engine, self.final_summary
         if engine is None:
             return
+        lanes = engine.lanes  # every stream's figures, summed
         if summary is None:  # still running: the figures so far
             with contextlib.suppress(Exception):
-                summary = engine.stats.summary()
+                summary = [lane.stats.summary() for lane in lanes]
         with contextlib.suppress(Exception):
-            source_reconnects = getattr(engine.source, "reconnects", None)
-            r.source_reconnects = None if source_reconnects is None else int(source_reconnects)
+            reconnects = [getattr(lane.source, "reconnects", None) for lane in lanes]
+            r.source_reconnects = (
+                None if None in reconnects else sum(int(n or 0) for n in reconnects)
+            )
         with contextlib.suppress(Exception):
-            failed_frames = getattr(engine.stats, "errors", 0)  # frames skipped after a failure
+            failed_frames = sum(lane.stats.errors for lane in lanes)  # skipped after a failure
             r.engine_errors = int(failed_frames) + len(engine.errors)
         with contextlib.suppress(Exception):
-            fallback = getattr(engine.stats, "fallback", None)
-            r.fallback_out = None if fallback is None else int(fallback)
+            r.fallback_out = sum(int(lane.stats.fallback) for lane in lanes)
         with contextlib.suppress(Exception):
             placeholders = getattr(engine, "placeholders", None)
             r.placeholder_out = None if placeholders is None else int(placeholders)
         if summary is None:
             return
         with contextlib.suppress(Exception):
-            r.frames_in = int(summary.frames_in)
-            r.frames_out = int(summary.frames_out)
-            r.dropped = int(summary.dropped)
-            r.server_output_fps = round(float(summary.output_fps), 2)
-            r.latency_p50_ms = round(float(summary.latency_p50_ms), 1)
-            r.latency_p99_ms = round(float(summary.latency_p99_ms), 1)
+            r.frames_in = sum(int(one.frames_in) for one in summary)
+            r.frames_out = sum(int(one.frames_out) for one in summary)
+            r.dropped = sum(int(one.dropped) for one in summary)
+            r.server_output_fps = round(sum(float(one.output_fps) for one in summary), 2)
+            r.latency_p50_ms = round(max(float(one.latency_p50_ms) for one in summary), 1)
+            r.latency_p99_ms = round(max(float(one.latency_p99_ms) for one in summary), 1)
 
     def _memory_figures(self, r: SoakReport) -> None:
         memory = self.memory
@@ -568,5 +605,6 @@ def soak_command(args: argparse.Namespace) -> int:
         out=sys.stdout,
         max_growth_mb=args.max_growth_mb,
         model=getattr(args, "model", None) or "sdxs-512-0.9",
+        streams=getattr(args, "streams", 1),
     )
     return 0 if report.passed else 1

@@ -70,6 +70,7 @@ class _ErrorLog(logging.Handler):
 @dataclass
 class _Restart:
     down: float
+    stream: int = 0  # whose feeder went down: only that stream's frames prove it came back
     up: float | None = None
     steps_since_down: int = 0
     recovered: float | None = None
@@ -87,7 +88,12 @@ class _Counters:
         self.last_received: float | None = None
         self.restarts: list[_Restart] = []
         self.failures: list[str] = []
-        self.feeder_up = True
+        self.feeders_down = 0  # feeders between closing and reopening their sender
+
+    @property
+    def feeder_up(self) -> bool:
+        """Every feeder is sending (read under the lock)."""
+        return self.feeders_down == 0
 
     def fail(self, where: str, exc: BaseException) -> None:
         self.problem(f"{where}: {type(exc).__name__}: {exc}")
@@ -96,14 +102,15 @@ class _Counters:
         with self.lock:
             self.failures.append(text)
 
-    def step_started(self, now: float) -> None:
-        """A frame went into the model: it may be the first new one after a restart. The
-        first two after a sender went away may still be old frames (one in the engine's
-        input slot, one in the capture thread), so a recovery needs a third."""
+    def step_started(self, now: float, stream: int = 0) -> None:
+        """A frame of ``stream`` went into the model: it may be the first new one after that
+        stream's feeder restarted. The first two after a sender went away may still be old
+        frames (one in the engine's input slot, one in the capture thread), so a recovery
+        needs a third."""
         with self.lock:
             self.processed += 1
             for restart in self.restarts:
-                if restart.recovered is not None:
+                if restart.recovered is not None or restart.stream != stream:
                     continue
                 restart.steps_since_down += 1
                 if (
@@ -115,14 +122,18 @@ class _Counters:
 
 
 def _count_steps(backend: Any, counters: _Counters) -> None:
-    """Wrap the backend's per-frame ``step`` so every frame through the model is counted."""
-    original: Callable[..., Any] = backend.step
+    """Wrap the backend's ``step_many`` (what the engine calls: one frame of each stream
+    that has one) so every frame through the model is counted, with its stream."""
+    original: Callable[..., Any] = backend.step_many
 
-    def step(*args: Any, **kwargs: Any) -> Any:
-        counters.step_started(time.monotonic())
-        return original(*args, **kwargs)
+    def step_many(pixels: Any, *args: Any, **kwargs: Any) -> Any:
+        now = time.monotonic()
+        for stream, picture in enumerate(pixels):
+            if picture is not None:
+                counters.step_started(now, stream)
+        return original(pixels, *args, **kwargs)
 
-    setattr(backend, "step", step)  # noqa: B010 (an instance attribute over the method)
+    setattr(backend, "step_many", step_many)  # noqa: B010 (an instance attribute)
 
 
 class _Feeder:
@@ -136,13 +147,15 @@ class _Feeder:
         fps: float,
         restart_every: float | None,
         counters: _Counters,
+        stream: int = 0,
     ) -> None:
+        self.stream = stream
         self.sink_uri = f"ndi://{name}?fps={fps:g}"
         self.pattern_uri = f"test://pattern?size={size}x{size}&fps={fps:g}"
         self.restart_every = restart_every
         self.counters = counters
         self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, name="soak-feeder", daemon=True)
+        self.thread = threading.Thread(target=self._run, name=f"soak-feeder-{stream}", daemon=True)
 
     def _run(self) -> None:
         try:
@@ -186,16 +199,16 @@ class _Feeder:
         """Close the sender, wait, open it again; None when stopped meanwhile."""
         counters = self.counters
         sink.close()
-        restart = _Restart(down=time.monotonic())
+        restart = _Restart(down=time.monotonic(), stream=self.stream)
         with counters.lock:
             counters.restarts.append(restart)
-            counters.feeder_up = False
+            counters.feeders_down += 1
         if self.stop.wait(RESTART_DOWN_SECONDS):
             return None
         sink = open_sink(self.sink_uri)
         with counters.lock:
             restart.up = time.monotonic()
-            counters.feeder_up = True
+            counters.feeders_down -= 1
         return sink
 
 
