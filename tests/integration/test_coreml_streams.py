@@ -238,22 +238,35 @@ def test_nan_on_one_stream_fails_and_clears_that_stream_only(
     assert np.array_equal(outs[1], first)
 
 
-def test_a_bad_picture_fails_its_stream_alone_and_keeps_its_state(
+def test_a_bad_picture_fails_its_stream_alone_and_changes_nothing(
     backends: Callable[[str, str], Maker], coreml_mac: Any
 ) -> None:
+    """A picture that cannot be framed is that stream's error only: its state, reset flag and
+    letterbox stay as they were, so its next good frame is what it would have been."""
     make = backends("fused", "macOS15")
-    batched = make(2)
-    setup_streams(batched, [make(1), make(1)])
+    batched, alone = make(2, fit="letterbox"), make(1, fit="letterbox")
+    setup_streams(batched, [alone, make(1)])
     params = [FrameParams(feedback=0.5, smoothing=0.5)] * 2
     outs = [np.zeros((*SIZE, 4), np.uint8) for _ in range(2)]
     good = [picture(3, *SIZE), picture(4, *SIZE)]
     assert batched.step_many(good, params, out=outs) == [None, None]
+    alone.step(good[0], params[0], out=np.zeros_like(good[0]))
     kept = state_of(batched, 0)
-    empty = np.zeros((0, 64, 4), dtype=np.uint8)
-    errors = batched.step_many([empty, good[1]], params, out=outs)
-    assert isinstance(errors[0], ValueError) and errors[1] is None
+    # framed for 48x80 (a new letterbox), then refused: grey, not RGBA
+    grey = np.zeros((48, 80), dtype=np.uint8)
+    wide_out = np.zeros((48, 80, 4), np.uint8)
+    errors = batched.step_many([grey, good[1]], params, out=[wide_out, outs[1]])
+    assert isinstance(errors[0], IndexError) and errors[1] is None
     assert all(np.array_equal(state_of(batched, 0)[n], kept[n]) for n in STATE_NAMES)
     assert batched.inputs.fresh == [False, False]  # nothing cleared: stream 0 simply waited
+    wide = picture(5, 48, 80)
+    assert batched.step_many([wide, good[1]], params, out=[wide_out, outs[1]]) == [None, None]
+    want = np.zeros_like(wide_out)
+    alone.step(wide, params[0], out=want)
+    assert np.array_equal(wide_out, want)  # its letterbox painted, its state carried on
+    mine, own = state_of(batched, 0), state_of(alone, 0)  # (the padding shows in the latents)
+    assert all(np.array_equal(mine[n], own[n]) for n in STATE_NAMES)
+    empty = np.zeros((0, 64, 4), dtype=np.uint8)
     with pytest.raises(ValueError, match="sizes must be positive"):
         batched.step(empty, params[0], out=outs[0])  # one stream's step raises it
 
