@@ -114,7 +114,7 @@ def test_n_streams_equal_n_backends_of_one_stream_frame_for_frame(
     variant: str,
     target: str,
 ) -> None:
-    from livediffusion_models.backends import coreml_backend
+    from livediffusion_models.imaging import plan_geometry
 
     make = backends(variant, target)
     batched = make(3, fit="letterbox")
@@ -122,13 +122,12 @@ def test_n_streams_equal_n_backends_of_one_stream_frame_for_frame(
     assert batched.streams == 3 and batched.stateful == (target == "macOS15")
     setup_streams(batched, singles)
     plans: list[tuple[int, int]] = []
-    real_plan = coreml_backend.plan_geometry
 
     def plan(input_size: tuple[int, int], *args: Any, **kwargs: Any) -> Any:
         plans.append(input_size)
-        return real_plan(input_size, *args, **kwargs)
+        return plan_geometry(input_size, *args, **kwargs)
 
-    monkeypatch.setattr(coreml_backend, "plan_geometry", plan)
+    monkeypatch.setattr("livediffusion_models.backends.coreml_backend.plan_geometry", plan)
     untouched = np.full((*SIZES[1], 4), 7, dtype=np.uint8)
     programs = list(batched.converted.programs.values())
     for frame in range(4):
