@@ -126,11 +126,6 @@ def _coreml_dtype(config: ServeConfig) -> torch.dtype:
 def _coreml_build(config: ServeConfig, model: LoadedModel) -> Backend:
     from livediffusion_models.backends.coreml_backend import CoreMLBackend, CoreMLOptions
 
-    if len(config.stream_list()) > 1:
-        raise ValueError(
-            "the Core ML backend runs one stream per process in this version: run one "
-            "`livediffusion serve` per stream (each with its own --osc-port), or --backend torch"
-        )
 
     options = CoreMLOptions(
         size=_model_size(config, model),
@@ -139,6 +134,7 @@ def _coreml_build(config: ServeConfig, model: LoadedModel) -> Backend:
         coreml=config.coreml,
         cache_dir=config.cache_dir,
         lora_styles=config.lora_styles,
+        streams=len(config.stream_list()),
         **_coreml_styles(config, model),
     )
     log.info(

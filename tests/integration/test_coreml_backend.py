@@ -30,7 +30,6 @@ from livediffusion_models.coreml import (
 )
 from livediffusion_models.coreml.cache import ConvertedModel
 from livediffusion_models.coreml.compare import compare_converted
-from livediffusion_models.coreml.convert import convert
 from livediffusion_models.coreml.programs import build_programs
 from livediffusion_models.coreml.runtime import load_programs
 from tinymodel import TINY_SIZE, make_tiny_family
@@ -47,29 +46,6 @@ def _picture(height: int, width: int, seed: int = 0) -> np.ndarray:
     pixels = np.random.default_rng(seed).integers(0, 256, (height, width, 4), dtype=np.uint8)
     pixels[..., 3] = 255
     return pixels
-
-
-@pytest.fixture(scope="module")
-def converted_for(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., ConvertedModel]:
-    """One conversion per setting for the whole module, in one cache (seconds each)."""
-    cache = tmp_path_factory.mktemp("coreml-backend-cache")
-    done: dict[tuple[str, str], ConvertedModel] = {}
-
-    def get(variant: Variant, target: Target) -> ConvertedModel:
-        if (variant, target) not in done:
-            done[variant, target] = convert(
-                make_tiny_family("sdxs-512-0.9"),
-                model="sdxs-512-0.9",
-                fingerprint="tiny",
-                size=SIZE,
-                variant=variant,
-                target=target,
-                cache_dir=cache,
-                progress=lambda message: None,
-            )
-        return done[variant, target]
-
-    return get
 
 
 @pytest.fixture
@@ -158,7 +134,7 @@ def test_every_frame_feeds_core_ml_its_current_inputs_through_one_reused_feed(
     frame's values: what Core ML receives is checked against the buffers every frame."""
     backend, _ = make_backend("fused", "macOS14")
     backend.set_prompt(backend.encode_prompt("rain"))
-    feed = backend._feed
+    feed = backend._streams[0].feed
     arrays = {name: id(array) for name, array in feed.items()}
     out = np.zeros((64, 64, 4), dtype=np.uint8)
     for seed, feedback in ((0, 0.2), (1, 0.5), (2, 0.8)):
@@ -166,14 +142,14 @@ def test_every_frame_feeds_core_ml_its_current_inputs_through_one_reused_feed(
         backend.step(_picture(64, 64, seed), FrameParams(feedback=feedback), out=out)
         received = coreml_mac.of_kind("predict")[-1].detail["inputs"]
         current = {
-            "image": backend._image,
+            "image": backend._streams[0].image,
             "controls": backend.inputs.controls,
             "noise_to": backend.inputs.noise_to,
             "embeds_to": backend.inputs.embeds_to,
         }  # (previous_x0 already holds this frame's x0, for the next)
         for name, tensor in current.items():
             np.testing.assert_array_equal(received[name], tensor.numpy(), err_msg=name)
-    assert backend._feed is feed
+    assert backend._streams[0].feed is feed
     assert {name: id(array) for name, array in feed.items()} == arrays
 
 
@@ -191,9 +167,9 @@ def test_a_new_prompt_and_seed_reach_the_program(make_backend: Callable[..., Any
         out = np.zeros_like(picture)
         backend.step(picture, FrameParams(), out=out)
         # what the program was fed is the new embedding and the seed's noise, in place
-        np.testing.assert_array_equal(backend._feed["embeds_to"], embedding.numpy())
+        np.testing.assert_array_equal(backend._streams[0].feed["embeds_to"], embedding.numpy())
         noise = torch.randn((1, 4, 8, 8), generator=torch.Generator().manual_seed(seed))
-        np.testing.assert_array_equal(backend._feed["noise_to"], noise.numpy())
+        np.testing.assert_array_equal(backend._streams[0].feed["noise_to"], noise.numpy())
         outputs.append(out.astype(int))
     # (a tiny random text encoder moves the picture only a little; the seed moves it a lot)
     assert np.abs(outputs[0] - outputs[1]).mean() > 0.05

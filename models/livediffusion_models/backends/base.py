@@ -75,6 +75,9 @@ class BackendOptions:
     """(height, width) the model runs at; a multiple of 64."""
     fit: FitMode = "crop"
     seed: int = 0
+    streams: int = 1
+    """How many streams the backend serves, each with its own prompts, seed and temporal state
+    (:meth:`Backend.step_many`): one batch on torch, one program call after another on Core ML."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,7 +109,7 @@ class Backend(abc.ABC):
 
     A backend may serve several streams (:attr:`streams`): each has its own prompts, seed and
     temporal state, named by ``stream=k``, and :meth:`step_many` runs one frame of each stream
-    that has one in a single batch.
+    that has one (in a single batch on torch; Core ML runs its batch-1 programs once per stream).
     """
 
     name: str

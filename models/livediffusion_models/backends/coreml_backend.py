@@ -21,6 +21,13 @@ Host copies per frame (fused), from the picture in numpy to the picture back in 
 
 Without states, ``x0`` and ``smoothed`` also come back to numpy (float32, the same way) and are
 copied into the next frame's feed: two more copies in and out, which states remove.
+
+Several streams (``streams=N``) run through the same loaded programs one after another. The
+programs are converted for batch 1, and a Mac's GPU runs Core ML predictions one at a time
+anyway (several models in parallel serialise on it), so a batch would buy little there; each
+stream has its own row of :class:`StepInputs`, its own picture buffers and letterbox, its own
+feed (views of its rows) and its own Core ML state. A program converted for a batch of N
+would be a new conversion, and N would be part of its cache key.
 """
 
 from __future__ import annotations
@@ -48,12 +55,13 @@ from livediffusion_models.coreml import CoreMLSettings, Variant
 from livediffusion_models.coreml.cache import ConvertedModel
 from livediffusion_models.coreml.runtime import Program
 from livediffusion_models.coreml.styles import Style, nearest_style, plan_styles
+from livediffusion_models.errors import NonFiniteFrameError
 from livediffusion_models.imaging import Geometry, plan_geometry, to_model, to_pixels
 from livediffusion_models.lora import WeightChange
 from livediffusion_models.lora.read import WeightedLora
 from livediffusion_models.lora.stack import LoraStack
 from livediffusion_models.schedule import NoiseSchedule
-from livediffusion_models.step import FrameStep
+from livediffusion_models.step import NUM_CONTROLS, FrameStep
 
 if TYPE_CHECKING:
     from livediffusion_models.weights import LoadedModel
@@ -134,7 +142,12 @@ def _as_float32(tensor: torch.Tensor) -> Float32:
 
 
 class CoreMLBackend(StepInputsBackend):
-    """Build it with :meth:`from_components`; the constructor takes already-loaded programs."""
+    """Build it with :meth:`from_components`; the constructor takes already-loaded programs.
+
+    With ``streams=N`` (:class:`BackendOptions`) :meth:`step_many` loops: the programs are
+    converted for batch 1 (the cache key has no batch), so each stream with a frame runs them
+    once, in turn, on its own feed and state; a Mac's GPU runs the frames one after another.
+    """
 
     def __init__(
         self,
@@ -175,45 +188,24 @@ class CoreMLBackend(StepInputsBackend):
         )
         self._init_loras(components, converted, options)
         height, width = self._size
+        streams = options.streams
         self.inputs = StepInputs(
-            latent_shape=(latent_shape[0], latent_shape[1], latent_shape[2], latent_shape[3]),
-            embed_shape=(embed_shape[0], embed_shape[1], embed_shape[2]),
-            image_shape=(1, 3, height, width),
+            latent_shape=(streams, latent_shape[1], latent_shape[2], latent_shape[3]),
+            embed_shape=(streams, embed_shape[1], embed_shape[2]),
+            image_shape=(streams, 3, height, width),
             schedule=NoiseSchedule.from_scheduler_config(components.scheduler_config),
             device=torch.device("cpu"),
             dtype=torch.float32,
             seed=options.seed,
+            streams=streams,
         )
-        self._image = torch.zeros((1, 3, height, width))
-        self._result = torch.zeros((1, 3, height, width))
-        self._result_view = self._result.numpy()  # made once: np.copyto's target each frame
-        self._geometry: Geometry | None = None
-        self._padded = False
-
-        self._state: Any = None
         self._frame_step: FrameStep | None = None
-        self._feed: dict[str, Float32] = {}
         if key.variant == "fused":
-            step = self._step
-            if step is None:
+            if self._step is None:
                 raise ValueError("the fused variant needs its step program")
-            views = {
-                "image": self._image.numpy(),
-                "noise_from": self.inputs.noise_from.numpy(),
-                "noise_to": self.inputs.noise_to.numpy(),
-                "embeds_from": self.inputs.embeds_from.numpy(),
-                "embeds_to": self.inputs.embeds_to.numpy(),
-                "previous_x0": self.inputs.previous_x0.numpy(),
-                "previous_output": self.inputs.previous_output.numpy(),
-                "controls": self.inputs.controls.numpy(),
-            }
-            unknown = set(interface) - set(views)
+            unknown = set(interface) - set(_FUSED_INPUTS)
             if unknown:
                 raise ValueError(f"the step program wants unknown inputs: {sorted(unknown)}")
-            # Views share memory with the tensors updated in place: the feed is built once.
-            self._feed = {name: views[name] for name in interface}
-            if key.stateful:
-                self._state = step.make_state()
         else:
             vae = _ProgramVAE(
                 self._programs["encoder"], self._programs["decoder"], components.vae.config
@@ -221,6 +213,13 @@ class CoreMLBackend(StepInputsBackend):
             self._frame_step = FrameStep(
                 _ProgramUNet(self._programs["unet"], components.unet.config), vae
             )
+        self._streams = [
+            _Stream(self.inputs, k, self._size, interface if key.variant == "fused" else None)
+            for k in range(streams)
+        ]
+        if self.stateful:
+            for stream in self._streams:
+                stream.state = self._new_state()
 
     @classmethod
     def from_components(cls, components: LoadedModel, options: CoreMLOptions) -> CoreMLBackend:
@@ -313,59 +312,142 @@ class CoreMLBackend(StepInputsBackend):
 
     # -- frames --------------------------------------------------------------------------
 
-    def _geometry_for(self, pixels: Pixels, out: Pixels) -> Geometry:
+    def _stream(self, stream: int) -> _Stream:
+        if not 0 <= stream < len(self._streams):
+            raise IndexError(f"stream {stream} does not exist (0..{len(self._streams) - 1})")
+        return self._streams[stream]
+
+    def _new_state(self) -> Any:
+        """A fresh Core ML state (zero-filled, Apple's ``newState``) for one stream."""
+        step = self._step
+        assert step is not None  # stateful means fused: checked when built
+        return step.make_state()
+
+    def _geometry_for(self, stream: _Stream, pixels: Pixels, out: Pixels) -> Geometry:
         in_size = (int(pixels.shape[0]), int(pixels.shape[1]))
         out_size = (int(out.shape[0]), int(out.shape[1]))
-        current = self._geometry
+        current = stream.geometry
         if (
             current is not None
             and current.input_size == in_size
             and current.output_size == out_size
         ):
             return current
-        self._geometry = plan_geometry(in_size, self._size, output_size=out_size, fit=self.fit)
-        self._padded = False
-        return self._geometry
+        geometry = plan_geometry(in_size, self._size, output_size=out_size, fit=self.fit)
+        stream.geometry = geometry
+        stream.padded = False
+        return geometry
 
-    def _to_model(self, pixels: Pixels, geometry: Geometry) -> None:
+    def _to_model(self, stream: _Stream, pixels: Pixels, geometry: Geometry) -> None:
         # The letterbox padding never changes for one geometry: paint it on its first frame.
-        to_model(torch.from_numpy(pixels), geometry, out=self._image, pad=not self._padded)
-        self._padded = True
+        to_model(torch.from_numpy(pixels), geometry, out=stream.image, pad=not stream.padded)
+        stream.padded = True
 
     @torch.inference_mode()
     def step(self, pixels: Pixels, params: FrameParams, *, out: Pixels) -> None:
-        self.inputs.update_controls(params)
-        geometry = self._geometry_for(pixels, out)
-        self._to_model(pixels, geometry)
-        if self._frame_step is None:
-            self._run_fused()
-        else:
-            self._run_stages()
-        to_pixels(self._result, geometry, out=torch.from_numpy(out))
+        frames: list[Pixels | None] = [None] * len(self._streams)
+        values: list[FrameParams | None] = [None] * len(self._streams)
+        targets: list[Pixels | None] = [None] * len(self._streams)
+        frames[0], values[0], targets[0] = pixels, params, out
+        error = self.step_many(frames, values, out=targets)[0]
+        if error is not None:
+            raise error
 
-    def _run_fused(self) -> None:
+    @torch.inference_mode()
+    def step_many(
+        self,
+        pixels: Sequence[Pixels | None],
+        params: Sequence[FrameParams | None],
+        *,
+        out: Sequence[Pixels | None],
+    ) -> list[Exception | None]:
+        """Each stream with a frame runs the batch-1 program once, in stream order.
+
+        A stream's picture that cannot be framed fails before its controls are touched (its
+        state and reset flag stay as they were); one whose prediction fails or comes out NaN
+        gets its temporal state cleared (a new Core ML state where the program keeps it), as
+        the torch backend does. Either way the other streams run as if it had waited.
+        """
+        count = len(self._streams)
+        if not len(pixels) == len(params) == len(out) == count:
+            raise ValueError(f"step_many wants {count} entries per argument")
+        errors: list[Exception | None] = [None] * count
+        active: list[FrameParams | None] = [None] * count
+        for k, picture in enumerate(pixels):
+            if picture is None:
+                continue
+            values, target = params[k], out[k]
+            if values is None or target is None:
+                raise ValueError(f"stream {k} has a frame but no params or out")
+            stream = self._streams[k]
+            try:
+                self._to_model(stream, picture, self._geometry_for(stream, picture, target))
+            except Exception as exc:  # this picture only: the stream waits this frame
+                errors[k] = exc
+                continue
+            active[k] = values
+        if all(values is None for values in active):
+            return errors
+        self.inputs.update_rows(active)
+        for k, values in enumerate(active):
+            if values is None:
+                continue
+            stream, target = self._streams[k], out[k]
+            assert target is not None and stream.geometry is not None  # checked above
+            try:
+                self._run(stream)
+                if not _finite(stream.result_view):
+                    raise NonFiniteFrameError(
+                        "the model produced NaN or infinite values; the frame was skipped and "
+                        "the temporal state cleared"
+                    )
+            except Exception as exc:
+                self._clear(stream)
+                errors[k] = exc
+                continue
+            to_pixels(stream.result, stream.geometry, out=torch.from_numpy(target))
+        return errors
+
+    def _run(self, stream: _Stream) -> None:
+        if self._frame_step is None:
+            self._run_fused(stream)
+        else:
+            self._run_stages(stream)
+
+    def _run_fused(self, stream: _Stream) -> None:
         step = self._step
         assert step is not None  # fused: checked when built
-        result = step.predict(self._feed, state=self._state)
+        result = step.predict(stream.feed, state=stream.state)
         if not self.stateful:
-            np.copyto(self._feed["previous_x0"], result["x0"])
-            np.copyto(self._feed["previous_output"], result["smoothed"])
+            np.copyto(stream.feed["previous_x0"], result["x0"])
+            np.copyto(stream.feed["previous_output"], result["smoothed"])
         # float32 already (coremltools 9 widens fp16 outputs; its TODO rdar://92239209 may
         # return float16 one day, which this copy would then widen): one copy, no cast
-        np.copyto(self._result_view, result["output"])
+        np.copyto(stream.result_view, result["output"])
 
-    def _run_stages(self) -> None:
+    def _run_stages(self, stream: _Stream) -> None:
         assert self._frame_step is not None
-        self._result.copy_(self.inputs.run(self._frame_step, self._image))
+        output, x0, smoothed = self._frame_step(*stream.arguments)
+        stream.previous_x0.copy_(x0)
+        stream.previous_output.copy_(smoothed)
+        stream.result.copy_(output)
+
+    def _clear(self, stream: _Stream) -> None:
+        self.inputs.clear_state(stream.index)
+        if self.stateful:
+            stream.state = self._new_state()
 
     @torch.inference_mode()
     def passthrough(self, pixels: Pixels, *, out: Pixels, stream: int = 0) -> None:
-        geometry = self._geometry_for(pixels, out)
-        self._to_model(pixels, geometry)
-        to_pixels(self._image, geometry, out=torch.from_numpy(out))
+        row = self._stream(stream)
+        geometry = self._geometry_for(row, pixels, out)
+        self._to_model(row, pixels, geometry)
+        to_pixels(row.image, geometry, out=torch.from_numpy(out))
 
     def stage_timers(self) -> Mapping[str, StageTimer]:
-        geometry = self._geometry
+        """Stream 0's stages (every stream runs the same programs at the same size)."""
+        stream = self._streams[0]
+        geometry = stream.geometry
         if geometry is None:
             raise RuntimeError("run one step() before timing its stages")
         pixels = np.full((*geometry.input_size, 4), 128, dtype=np.uint8)
@@ -374,25 +456,25 @@ class CoreMLBackend(StepInputsBackend):
 
         @torch.inference_mode()
         def pre() -> None:
-            self._to_model(pixels, geometry)
+            self._to_model(stream, pixels, geometry)
 
         timers["pre"] = pre
         if self._frame_step is None:
-            timers["step"] = self._run_fused
+            timers["step"] = lambda: self._run_fused(stream)
         else:
             vae = self._frame_step.vae
             unet = self._frame_step.unet
-            image = self._image
-            latents = self.inputs.previous_x0
-            embeds = self.inputs.embeds_to
-            timestep = self.inputs.controls[0]
+            image = stream.image
+            latents = stream.previous_x0
+            embeds = stream.arguments[4]  # embeds_to
+            timestep = stream.arguments[7][0]  # the controls' TIMESTEP
             timers["encode"] = lambda: vae.encode(image)
             timers["unet"] = lambda: unet(latents, timestep, encoder_hidden_states=embeds)
             timers["decode"] = lambda: vae.decode(latents)
 
         @torch.inference_mode()
         def post() -> None:
-            to_pixels(self._result, geometry, out=torch.from_numpy(out))
+            to_pixels(stream.result, geometry, out=torch.from_numpy(out))
 
         @torch.inference_mode()
         def frame() -> None:
@@ -404,5 +486,73 @@ class CoreMLBackend(StepInputsBackend):
 
     def close(self) -> None:
         self._programs.clear()
-        self._state = None
+        for stream in self._streams:
+            stream.state = None
         self._frame_step = None
+
+
+_FUSED_INPUTS = (
+    "image",
+    "noise_from",
+    "noise_to",
+    "embeds_from",
+    "embeds_to",
+    "previous_x0",
+    "previous_output",
+    "controls",
+)
+"""Every input a fused step program may take (the stateful one keeps the previous two)."""
+
+
+class _Stream:
+    """One stream's side of the backend: its picture buffers, framing, feed and Core ML state.
+
+    Everything the programs read is a view of this stream's row of :class:`StepInputs` (or of
+    its own picture buffer), made once: the feed and the stages' arguments follow every
+    in-place update of the prompts, seeds, controls and temporal state with no per-frame work.
+    """
+
+    def __init__(
+        self,
+        inputs: StepInputs,
+        index: int,
+        size: tuple[int, int],
+        interface: Mapping[str, Any] | None,
+    ) -> None:
+        height, width = size
+        self.index = index
+        self.image = torch.zeros((1, 3, height, width))
+        self.result = torch.zeros((1, 3, height, width))
+        self.result_view: Float32 = self.result.numpy()  # np.copyto's target each frame
+        self.geometry: Geometry | None = None
+        self.padded = False
+        self.state: Any = None
+        row = slice(index, index + 1)
+        self.previous_x0 = inputs.previous_x0[row]
+        self.previous_output = inputs.previous_output[row]
+        # FrameStep's arguments in its order (StepInputs.arguments), this stream's rows only;
+        # the controls as the one (NUM_CONTROLS,) vector a batch-1 program takes
+        self.arguments: tuple[torch.Tensor, ...] = (
+            self.image,
+            inputs.noise_from[row],
+            inputs.noise_to[row],
+            inputs.embeds_from[row],
+            inputs.embeds_to[row],
+            self.previous_x0,
+            self.previous_output,
+            inputs.controls.reshape(-1, NUM_CONTROLS)[index],
+        )
+        self.feed: dict[str, Float32] = {}
+        if interface is not None:
+            views = {
+                name: tensor.numpy()
+                for name, tensor in zip(_FUSED_INPUTS, self.arguments, strict=True)
+            }
+            # Views share memory with the tensors updated in place: the feed is built once.
+            self.feed = {name: views[name] for name in interface}
+
+
+def _finite(array: Float32) -> bool:
+    """Whether a picture holds no NaN or inf, without a temporary the picture's size: a sum
+    carries any of them (model outputs are near [-1, 1], far from float32's overflow)."""
+    return bool(np.isfinite(array.sum()))

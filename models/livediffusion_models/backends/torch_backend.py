@@ -126,8 +126,6 @@ class TorchOptions(BackendOptions):
     """With ``compile`` on CUDA: capture the whole frame in one CUDA graph."""
     compile_cache: Path | None = None
     """Where torch.compile keeps its artifacts between runs (None: torch's own choice)."""
-    streams: int = 1
-    """How many streams run through the model as one batch, each with its own state."""
     loras: tuple[WeightedLora, ...] = ()
     """LoRAs read and checked (``lora.read.read_loras``), at their starting weights."""
     controlnet: LoadedControlNet | None = None

@@ -202,8 +202,6 @@ def run_comparison(
     size = config.size or (spec.default_size, spec.default_size)
     if e2e:
         check_size(size)  # in one line now, not from the feeder after the weights loaded
-    if streams and max(streams) > 1 and name != "torch":
-        raise ValueError("--streams above 1 needs the torch backend in this version")
     model = load_model(
         spec,
         config.weights or spec.hub_id,
