@@ -126,7 +126,6 @@ def _coreml_dtype(config: ServeConfig) -> torch.dtype:
 def _coreml_build(config: ServeConfig, model: LoadedModel) -> Backend:
     from livediffusion_models.backends.coreml_backend import CoreMLBackend, CoreMLOptions
 
-
     options = CoreMLOptions(
         size=_model_size(config, model),
         fit=config.fit,
