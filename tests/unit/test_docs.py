@@ -118,7 +118,7 @@ def test_the_status_reply_is_described_as_the_server_sends_it() -> None:
 
 
 def test_the_numbers_in_the_readme_are_the_codes() -> None:
-    from livediffusion.config import ServeConfig
+    from livediffusion.config import MAX_STREAMS, ServeConfig
     from livediffusion.control.controls import MAX_PROMPT_CHARS
     from livediffusion.run.engine import EngineOptions
     from livediffusion_bridge.osc import LOG_INTERVAL, LOG_LINES, OscServer
@@ -140,6 +140,7 @@ def test_the_numbers_in_the_readme_are_the_codes() -> None:
         f"{engine.stall_factor:g} times this machine's usual frame time and at least "
         f"{engine.stall_after:g} s": True,
         f"multiple of 64; default {get_model(config.model).default_size}": True,
+        f"source -> sink pairs (up to {MAX_STREAMS})": True,
     }
     missing = [fact for fact in facts if fact.lower() not in text.lower()]
     assert missing == []
