@@ -38,6 +38,17 @@ def make_tiny_backend(tiny_folder: Path) -> Callable[..., Any]:
 
 
 @pytest.fixture(scope="session")
+def shared_conversions(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> Any:
+    """Tiny Core ML conversions made once per run for every xdist worker (tests/conversions.py)."""
+    from conversions import SharedConversions
+
+    root = tmp_path_factory.getbasetemp()
+    if worker_id != "master":  # each worker has its own basetemp under the run's one
+        root = root.parent
+    return SharedConversions(root / "shared-coreml-conversions")
+
+
+@pytest.fixture(scope="session")
 def syphon_wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """syphon-python 0.2.0's wheel, unpacked: its real Python, for the Syphon tests."""
     import syphon_wheel as wheels

@@ -154,3 +154,25 @@ def make_tiny_family(model: str, seed: int = 0) -> TinyComponents:
         tokenizer=build_offline_tokenizer(pad_token=spec.pad_token),
         scheduler_config=spec.read_config("scheduler"),
     )
+
+
+def make_tiny_components(seed: int = 0) -> TinyComponents:
+    """The smallest model of the real classes (``make_tiny_modules``: one cross-attention
+    down and up block, one plain pair), as conversion and the backends read it.
+
+    For tests whose subject is not a family's block layout (LoRA styles, a ControlNet in the
+    step, precision, what conversion asks of a Mac): its UNet is half the ops of a tiny
+    family's, and a Core ML conversion of it takes well under half as long.
+    """
+    from livediffusion_models.registry import get_model
+    from livediffusion_models.tokenizer import build_offline_tokenizer
+
+    spec = get_model("sdxs-512-0.9")
+    modules = make_tiny_modules(seed)
+    return TinyComponents(
+        unet=modules.unet,
+        vae=modules.vae,
+        text_encoder=modules.text_encoder,
+        tokenizer=build_offline_tokenizer(pad_token=spec.pad_token),
+        scheduler_config=spec.read_config("scheduler"),
+    )

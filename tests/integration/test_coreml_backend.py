@@ -30,7 +30,6 @@ from livediffusion_models.coreml import (
 )
 from livediffusion_models.coreml.cache import ConvertedModel
 from livediffusion_models.coreml.compare import compare_converted
-from livediffusion_models.coreml.convert import convert
 from livediffusion_models.coreml.programs import build_programs
 from livediffusion_models.coreml.runtime import load_programs
 from tinymodel import TINY_SIZE, make_tiny_family
@@ -50,23 +49,19 @@ def _picture(height: int, width: int, seed: int = 0) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def converted_for(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., ConvertedModel]:
-    """One conversion per setting for the whole module, in one cache (seconds each)."""
+def converted_for(
+    tmp_path_factory: pytest.TempPathFactory, shared_conversions: Any
+) -> Callable[..., ConvertedModel]:
+    """Each setting converted once per run (tests/conversions.py), copied into one cache for
+    this module. Fetched here, before any test makes this process a Mac: conversion runs on
+    the real OS, and compiling the copy is left to ``load_programs`` on the stubbed Mac."""
     cache = tmp_path_factory.mktemp("coreml-backend-cache")
-    done: dict[tuple[str, str], ConvertedModel] = {}
+    done = {
+        (variant, target): shared_conversions.get(cache, variant=variant, target=target)
+        for variant, target in SETTINGS
+    }
 
     def get(variant: Variant, target: Target) -> ConvertedModel:
-        if (variant, target) not in done:
-            done[variant, target] = convert(
-                make_tiny_family("sdxs-512-0.9"),
-                model="sdxs-512-0.9",
-                fingerprint="tiny",
-                size=SIZE,
-                variant=variant,
-                target=target,
-                cache_dir=cache,
-                progress=lambda message: None,
-            )
         return done[variant, target]
 
     return get
