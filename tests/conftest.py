@@ -47,8 +47,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     """Under pytest-xdist, order the tests so that each worker's first share (``worksteal``
     hands worker ``i`` the ``i``-th of equal slices of this list) starts with its part of the
     slow tests, spread greedily by their seconds; the short tests follow in their usual order
-    (so a module's tests stay together), and the workers steal those from each other at the
-    end. Without xdist the order is left alone."""
+    (so a module's tests stay together, those reading a shared conversion last), and the
+    workers steal those from each other at the end. Without xdist the order is left alone."""
     worker = getattr(config, "workerinput", None)
     if worker is None or len(items) < 2:
         return
@@ -57,6 +57,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         (i for i in items if _expected_seconds(i) > 0), key=_expected_seconds, reverse=True
     )
     short = [i for i in items if not _expected_seconds(i)]
+    # short tests that read a shared conversion last: by then a slow test has made it, and a
+    # worker does not sit on the lock while the other converts
+    short.sort(key=lambda item: "shared_conversions" in getattr(item, "fixturenames", ()))
     sizes, left = [], len(items)
     for n in range(workers):  # as worksteal slices the pending tests at the start
         sizes.append(left // (workers - n))
