@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -12,6 +13,82 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))  # tests/tinymodel.py
 
 TINY_MODEL_SIZE = (64, 64)
+
+# Seconds the slowest tests (by function name) take on a 2-core machine, rounded from
+# `--durations=0`: with pytest-xdist they are handed out first, spread over the workers, so
+# that no worker starts a long test while the others are nearly done. A test missing here
+# counts as short; a wrong number costs some wall time, never a test.
+SLOW_TESTS = {
+    "test_the_real_sdxs_architecture_converts": 90,
+    "test_a_soak_of_thousands_of_frames_with_feeder_restarts_passes": 45,
+    "test_styles_are_one_package_with_a_function_each_sharing_base_weights": 35,
+    "test_a_stop_is_clean_and_quick": 30,
+    "test_a_baked_lora_is_part_of_the_key_and_of_the_weights_only": 30,
+    "test_compare_bakes_the_same_lora_and_runs_the_same_controlnet": 28,
+    "test_each_family_converts_with_the_declared_interface": 25,
+    "test_converted_on_linux_found_compiled_loaded_and_run_on_a_mac": 25,
+    "test_convert_writes_programs_to_the_cache_and_reuses_them": 25,
+    "test_a_stop_under_load_with_a_receiver_after_a_flood_is_quick": 20,
+    "test_macos15_fused_keeps_the_temporal_state_as_core_ml_states": 20,
+    "test_random_sdxs_is_the_real_architecture_and_runs": 20,
+    "test_doctor_goes_the_whole_core_ml_path_on_a_mac_one_row_per_step": 18,
+    "test_a_broken_step_is_the_failed_row_and_the_rest_say_so": 18,
+    "test_a_controlnet_converts_into_the_fused_step_with_a_live_scale": 18,
+    "test_a_killed_server_comes_back_and_unload_leaves_none": 15,
+    "test_interrupt_stops_cleanly_and_still_reports": 15,
+}
+
+
+def _expected_seconds(item: pytest.Item) -> float:
+    return SLOW_TESTS.get(getattr(item, "originalname", item.name), 0.0)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under pytest-xdist, order the tests so that each worker's first share (``worksteal``
+    hands worker ``i`` the ``i``-th of equal slices of this list) starts with its part of the
+    slow tests, spread greedily by their seconds; the short tests follow in their usual order
+    (so a module's tests stay together, those reading a shared conversion last), and the
+    workers steal those from each other at the end. Without xdist the order is left alone."""
+    worker = getattr(config, "workerinput", None)
+    if worker is None or len(items) < 2:
+        return
+    workers = int(worker["workercount"])
+    slow = sorted(
+        (i for i in items if _expected_seconds(i) > 0), key=_expected_seconds, reverse=True
+    )
+    short = [i for i in items if not _expected_seconds(i)]
+    # short tests that read a shared conversion last: by then a slow test has made it, and a
+    # worker does not sit on the lock while the other converts
+    short.sort(key=lambda item: "shared_conversions" in getattr(item, "fixturenames", ()))
+    sizes, left = [], len(items)
+    for n in range(workers):  # as worksteal slices the pending tests at the start
+        sizes.append(left // (workers - n))
+        left -= sizes[-1]
+    shares: list[list[pytest.Item]] = [[] for _ in range(workers)]
+    loads = [0.0] * workers
+    for item in slow:
+        open_shares = [n for n in range(workers) if len(shares[n]) < sizes[n]]
+        n = min(open_shares, key=lambda n: loads[n])
+        shares[n].append(item)
+        loads[n] += _expected_seconds(item)
+    rest = iter(short)
+    for n in range(workers):
+        shares[n].extend(next(rest) for _ in range(sizes[n] - len(shares[n])))
+    items[:] = [item for share in shares for item in share]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """In an xdist worker, torch's intra-op threads share the cores with the other workers:
+    each worker takes its share (one on a 2-core machine with 2 workers) instead of all of
+    them, whose OpenMP threads would otherwise spin on cores the other workers need.
+    Subprocesses a test starts (``livediffusion serve``) keep torch's own default."""
+    worker = getattr(config, "workerinput", None)
+    if worker is None:
+        return
+    import torch
+
+    cores = os.cpu_count() or 1
+    torch.set_num_threads(max(1, cores // int(worker["workercount"])))
 
 
 @pytest.fixture(scope="session")
@@ -35,6 +112,17 @@ def make_tiny_backend(tiny_folder: Path) -> Callable[..., Any]:
         return TorchBackend.from_components(model, TorchOptions(**options))
 
     return make
+
+
+@pytest.fixture(scope="session")
+def shared_conversions(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> Any:
+    """Tiny Core ML conversions made once per run for every xdist worker (tests/conversions.py)."""
+    from conversions import SharedConversions
+
+    root = tmp_path_factory.getbasetemp()
+    if worker_id != "master":  # each worker has its own basetemp under the run's one
+        root = root.parent
+    return SharedConversions(root / "shared-coreml-conversions")
 
 
 @pytest.fixture(scope="session")

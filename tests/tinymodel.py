@@ -125,8 +125,10 @@ class TinyComponents:
 def make_tiny_family(model: str, seed: int = 0) -> TinyComponents:
     """A tiny model of one registry family: the shipped UNet config, narrowed and shallowed.
 
-    Keeps each family's own block types, mid block, linear projections and layer counts
-    (what decides which ops a converter meets), shrinks only widths and head counts.
+    Keeps each family's own block types, mid block, attention layout and linear projections
+    (what decides which ops a converter meets); shrinks widths and head counts, and has one
+    layer per block as ``--weights tiny`` does (SD-Turbo's second layers would only repeat the
+    same ops and double its conversion time).
     """
     from diffusers import UNet2DConditionModel
 
@@ -139,6 +141,8 @@ def make_tiny_family(model: str, seed: int = 0) -> TinyComponents:
     widths = [max(32, c // 10) for c in config["block_out_channels"]]
     config.update(
         block_out_channels=widths,
+        layers_per_block=1,
+        transformer_layers_per_block=1,
         attention_head_dim=8,
         cross_attention_dim=TINY_EMBED_DIM,
         norm_num_groups=8,
@@ -151,6 +155,28 @@ def make_tiny_family(model: str, seed: int = 0) -> TinyComponents:
         unet=unet,
         vae=base.vae,
         text_encoder=base.text_encoder,
+        tokenizer=build_offline_tokenizer(pad_token=spec.pad_token),
+        scheduler_config=spec.read_config("scheduler"),
+    )
+
+
+def make_tiny_components(seed: int = 0) -> TinyComponents:
+    """The smallest model of the real classes (``make_tiny_modules``: one cross-attention
+    down and up block, one plain pair), as conversion and the backends read it.
+
+    For tests whose subject is not a family's block layout (LoRA styles, a ControlNet in the
+    step, precision, what conversion asks of a Mac): its UNet is half the ops of a tiny
+    family's, and a Core ML conversion of it takes well under half as long.
+    """
+    from livediffusion_models.registry import get_model
+    from livediffusion_models.tokenizer import build_offline_tokenizer
+
+    spec = get_model("sdxs-512-0.9")
+    modules = make_tiny_modules(seed)
+    return TinyComponents(
+        unet=modules.unet,
+        vae=modules.vae,
+        text_encoder=modules.text_encoder,
         tokenizer=build_offline_tokenizer(pad_token=spec.pad_token),
         scheduler_config=spec.read_config("scheduler"),
     )

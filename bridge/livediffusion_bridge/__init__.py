@@ -11,7 +11,12 @@ Schemes: ``ndi://NAME`` or ``ndi://HOST:PORT``, ``syphon://SERVER`` (macOS), ``s
 (Windows), ``test://pattern``, ``file://PATH``, ``camera://INDEX`` or ``camera://NAME``,
 ``window://TITLE`` (a sink on screen) and ``memory://NAME`` (in-process, see
 :mod:`livediffusion_bridge.memory`). Transport libraries are imported only when their
-scheme is opened, never here.
+scheme is opened, never here. ``osc`` is the OSC server the plugin's control surface listens
+with.
+
+May import: the standard library, numpy, python-osc and the transports' libraries (NDIlib,
+syphon, SpoutGL, PyAV, ...), each only when its scheme is opened. Never ``livediffusion_models``
+or ``livediffusion`` (import-linter checks this).
 """
 
 from __future__ import annotations

@@ -7,30 +7,28 @@ from typing import Any
 
 import pytest
 
+SETTINGS = (("fused", "macOS14"), ("fused", "macOS15"), ("stages", "macOS14"))
+"""The (variant, target) pairs the Core ML backend and streams tests run: stateless fused,
+stateful fused (macOS 15), and the three stage programs."""
+
 
 @pytest.fixture(scope="session")
-def converted_for(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Any]:
-    """``converted_for(variant, target)``: the tiny sdxs-512-0.9 converted for 64x64 once per
-    setting for the whole session, in one cache (a conversion costs seconds to tens of
-    seconds; every Core ML backend test reads the same few)."""
-    from livediffusion_models.coreml.convert import convert
-    from tinymodel import TINY_SIZE, make_tiny_family
-
+def converted_for(
+    tmp_path_factory: pytest.TempPathFactory, shared_conversions: Any
+) -> Callable[..., Any]:
+    """``converted_for(variant, target)``: the tiny sdxs-512-0.9 at 64x64, each setting
+    converted once per run for every xdist worker (tests/conversions.py) and copied into one
+    cache for this session. Fetched when the fixture is made, before any test makes this
+    process a Mac (session fixtures come before the function-scoped Mac stub): conversion
+    runs on the real OS, and compiling the copy is left to ``load_programs`` on the stubbed
+    Mac."""
     cache = tmp_path_factory.mktemp("coreml-backend-cache")
-    done: dict[tuple[str, str], Any] = {}
+    done = {
+        (variant, target): shared_conversions.get(cache, variant=variant, target=target)
+        for variant, target in SETTINGS
+    }
 
     def get(variant: str, target: str) -> Any:
-        if (variant, target) not in done:
-            done[variant, target] = convert(
-                make_tiny_family("sdxs-512-0.9"),
-                model="sdxs-512-0.9",
-                fingerprint="tiny",
-                size=(TINY_SIZE, TINY_SIZE),
-                variant=variant,  # type: ignore[arg-type]
-                target=target,  # type: ignore[arg-type]
-                cache_dir=cache,
-                progress=lambda message: None,
-            )
         return done[variant, target]
 
     return get

@@ -5,6 +5,10 @@ checked here is everything up to Core ML itself: the ``torch.export`` program eq
 eager ``FrameStep``, the saved ML programs declare the expected interface, and, on a Mac
 stubbed below coremltools' Python (tests/coremlpython_stub.py), what conversion asks of Core
 ML and which cached target ``--target auto`` picks.
+
+Each family's tiny model is converted once per run (tests/conversions.py) and shared with the
+Core ML backend's tests; tests about precision, export and what conversion asks of a Mac use
+the smallest model of the same classes (``make_tiny_components``), which converts faster.
 """
 
 from __future__ import annotations
@@ -19,12 +23,13 @@ from typing import Any
 import pytest
 import torch
 
+from conversions import SMALL, fingerprint
 from livediffusion_models.coreml import VARIANTS, Precision, Target, Variant
 from livediffusion_models.coreml.cache import ConvertedModel
 from livediffusion_models.coreml.convert import convert, export_program
 from livediffusion_models.coreml.programs import STATE_NAMES, build_programs
 from livediffusion_models.step import NUM_CONTROLS, STEP_OUTPUTS, FrameStep, step_inputs
-from tinymodel import TINY_EMBED_DIM, TINY_SIZE, make_tiny_family
+from tinymodel import TINY_EMBED_DIM, TINY_SIZE, make_tiny_components, make_tiny_family
 
 ct = pytest.importorskip("coremltools", reason="Core ML conversion needs coremltools")
 
@@ -39,10 +44,12 @@ EMBEDS = (1, 77, TINY_EMBED_DIM)
 
 
 @pytest.fixture(scope="module")
-def converted(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., ConvertedModel]:
-    """Convert once per settings for the whole module (each conversion takes seconds)."""
+def converted(
+    tmp_path_factory: pytest.TempPathFactory, shared_conversions: Any
+) -> Callable[..., ConvertedModel]:
+    """Each setting converted once per run (seconds each; tests/conversions.py), copied into
+    one cache for this module."""
     cache = tmp_path_factory.mktemp("coreml-cache")
-    done: dict[tuple[Any, ...], ConvertedModel] = {}
 
     def get(
         family: str,
@@ -51,20 +58,9 @@ def converted(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Convert
         target: Target = "macOS14",
         precision: Precision = "fp16",
     ) -> ConvertedModel:
-        key = (family, variant, target, precision)
-        if key not in done:
-            done[key] = convert(
-                make_tiny_family(family),
-                model=family,
-                fingerprint=f"tiny-{family}",
-                size=SIZE,
-                precision=precision,
-                target=target,
-                variant=variant,
-                cache_dir=cache,
-                progress=lambda message: None,
-            )
-        return done[key]
+        return shared_conversions.get(
+            cache, family, variant=variant, target=target, precision=precision
+        )
 
     return get
 
@@ -155,7 +151,7 @@ def test_macos15_fused_keeps_the_temporal_state_as_core_ml_states(
 
 
 def test_fp32_precision_keeps_float32_outputs(converted: Callable[..., ConvertedModel]) -> None:
-    result = converted("sdxs-512-0.9", "stages", precision="fp32")
+    result = converted(SMALL, "stages", precision="fp32")
     _, outputs, _, _ = _interface(result.programs["unet"].package)
     assert outputs == {"eps": (LATENT, FLOAT32)}
 
@@ -168,7 +164,7 @@ def test_a_second_convert_reuses_the_cache(
     again = convert(
         make_tiny_family("sdxs-512-0.9"),
         model="sdxs-512-0.9",
-        fingerprint="tiny-sdxs-512-0.9",
+        fingerprint=fingerprint("sdxs-512-0.9"),
         size=SIZE,
         cache_dir=first.folder.parents[2],
         progress=lambda message: None,
@@ -185,7 +181,7 @@ def test_converting_on_a_mac_never_loads_the_fresh_program_into_core_ml(
     thrown away. The only native call conversion may make is compile_programs' one compile
     per program; and ``--target auto`` on macOS 15 converts for macOS15, with states."""
     result = convert(
-        make_tiny_family("sdxs-512-0.9"),
+        make_tiny_components(),
         model="sdxs-512-0.9",
         fingerprint="tiny-on-a-mac",
         size=SIZE,
@@ -224,7 +220,7 @@ def test_auto_finds_a_conversion_for_any_target_this_mac_runs(
             again = convert(
                 make_tiny_family("sdxs-512-0.9"),
                 model="sdxs-512-0.9",
-                fingerprint="tiny-sdxs-512-0.9",
+                fingerprint=fingerprint("sdxs-512-0.9"),
                 size=SIZE,
                 cache_dir=on_linux.folder.parents[2],
                 progress=lambda message: None,
@@ -240,7 +236,7 @@ def test_states_are_refused_where_core_ml_has_none(tmp_path: Path) -> None:
     ):
         with pytest.raises(ValueError, match="states"):
             convert(
-                make_tiny_family("sdxs-512-0.9"),
+                make_tiny_components(),
                 model="sdxs-512-0.9",
                 fingerprint="x",
                 size=SIZE,
@@ -257,7 +253,7 @@ def test_states_are_refused_where_core_ml_has_none(tmp_path: Path) -> None:
 )
 def test_the_exported_program_equals_the_eager_modules(variant: Variant, stateful: bool) -> None:
     """Everything up to the converter: the program coremltools reads computes what torch does."""
-    components = make_tiny_family("sdxs-512-0.9")
+    components = make_tiny_components()
     programs = build_programs(
         components.unet, components.vae, size=SIZE, tokens=77, variant=variant, stateful=stateful
     )

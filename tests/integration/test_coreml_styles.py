@@ -1,11 +1,13 @@
 """Core ML with LoRAs (baked, or one program function per style) and with a ControlNet.
 
-Real conversions of tiny models (coremltools on Linux). What is checked here: the programs'
-interfaces, what the cache key and the weights hold, that conversion leaves the caller's
-modules as they were, the exported ControlNet step against eager, and, on the stubbed Mac of
-tests/coremlpython_stub.py (coremltools' real Python above it), that each style is loaded as
-its own function and a LoRA weight change picks the function the next frame predicts with.
-Core ML's own numerics need a Mac (tests/macos).
+Real conversions of the smallest tiny model (``make_tiny_components``: a LoRA's attention
+layers and a ControlNet built from its UNet are all these tests need), with coremltools on
+Linux; the ones the tests only read are made once per run (tests/conversions.py). What is
+checked here: the programs' interfaces, what the cache key and the weights hold, that
+conversion leaves the caller's modules as they were, the exported ControlNet step against
+eager, and, on the stubbed Mac of tests/coremlpython_stub.py (coremltools' real Python above
+it), that each style is loaded as its own function and a LoRA weight change picks the
+function the next frame predicts with. Core ML's own numerics need a Mac (tests/macos).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import numpy as np
 import pytest
 import torch
 
+from conversions import SMALL, fingerprint
 from livediffusion_models.backends import FrameParams
 from livediffusion_models.backends.coreml_backend import CoreMLBackend, CoreMLOptions
 from livediffusion_models.controlnet import load_controlnet
@@ -32,7 +35,7 @@ from livediffusion_models.lora.read import WeightedLora, read_loras
 from livediffusion_models.registry import get_model
 from livediffusion_models.step import NUM_CONTROLS, STEP_OUTPUTS, FrameStep, step_inputs
 from lorafiles import write_lora
-from tinymodel import TINY_SIZE, make_tiny_family
+from tinymodel import TINY_SIZE, make_tiny_components
 
 ct = pytest.importorskip("coremltools", reason="Core ML conversion needs coremltools")
 
@@ -63,7 +66,7 @@ def _interfaces(package: Path) -> dict[str, tuple[list[str], list[str]]]:
 
 @pytest.fixture(scope="module")
 def lora_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    components = make_tiny_family(FAMILY)
+    components = make_tiny_components()
     folder = tmp_path_factory.mktemp("loras")
     # attention projections only, as many style LoRAs: most weights stay shared
     ink = write_lora(
@@ -89,11 +92,12 @@ def _loras(components: Any, *requests: LoraRequest) -> tuple[WeightedLora, ...]:
 
 
 def _convert(components: Any, cache: Path, **options: Any) -> ConvertedModel:
+    """Converted here, by this test (what converting does is part of what it checks)."""
     options.setdefault("target", "macOS14")
     return convert(
         components,
         model=FAMILY,
-        fingerprint="tiny",
+        fingerprint=fingerprint(SMALL),
         size=SIZE,
         cache_dir=cache,
         progress=lambda message: None,
@@ -105,12 +109,12 @@ def _convert(components: Any, cache: Path, **options: Any) -> ConvertedModel:
 
 
 def test_a_baked_lora_is_part_of_the_key_and_of_the_weights_only(
-    lora_files: tuple[Path, Path], cache: Path
+    lora_files: tuple[Path, Path], cache: Path, shared_conversions: Any
 ) -> None:
     ink, _ = lora_files
-    components = make_tiny_family(FAMILY)
+    components = make_tiny_components()
     before = _state(components.unet)
-    plain = _convert(components, cache)
+    plain = shared_conversions.get(cache, SMALL)  # the same model without a LoRA
     at_zero = _convert(components, cache, loras=_loras(components, LoraRequest(str(ink), 0.0)))
     at_one = _convert(components, cache, loras=_loras(components, LoraRequest(str(ink), 1.0)))
     assert len({plain.folder, at_zero.folder, at_one.folder}) == 3  # three keys
@@ -134,16 +138,21 @@ def test_a_baked_lora_is_part_of_the_key_and_of_the_weights_only(
 
 
 @pytest.fixture(scope="module")
-def styled(lora_files: tuple[Path, Path], cache: Path) -> tuple[ConvertedModel, Any]:
+def styled(
+    lora_files: tuple[Path, Path], cache: Path, shared_conversions: Any
+) -> tuple[ConvertedModel, Any]:
+    """Converted once per run (tests/conversions.py): four tests only read it."""
     ink, glow = lora_files
-    components = make_tiny_family(FAMILY)
+    components = make_tiny_components()
     loras = _loras(components, LoraRequest(str(ink), 1.0), LoraRequest(str(glow), 0.7))
-    converted = _convert(components, cache, loras=loras, styles=True, target="macOS15")
+    converted = shared_conversions.get(
+        cache, SMALL, components=components, loras=loras, styles=True, target="macOS15"
+    )
     return converted, loras
 
 
 def test_styles_are_one_package_with_a_function_each_sharing_base_weights(
-    styled: tuple[ConvertedModel, Any], cache: Path
+    styled: tuple[ConvertedModel, Any], cache: Path, shared_conversions: Any
 ) -> None:
     converted, _ = styled
     program = converted.programs["step"]
@@ -158,7 +167,7 @@ def test_styles_are_one_package_with_a_function_each_sharing_base_weights(
     assert spec.specificationVersion >= 9  # multifunction programs are macOS 15
     # constants no LoRA touches are stored once: far less than three whole programs
     single = _weights_bytes(
-        _convert(make_tiny_family(FAMILY), cache, target="macOS15", stateful=False)
+        shared_conversions.get(cache, SMALL, target="macOS15", stateful=False)
         .programs["step"]
         .package
     )
@@ -167,7 +176,7 @@ def test_styles_are_one_package_with_a_function_each_sharing_base_weights(
 
 
 def test_styles_refuse_what_cannot_work_before_converting() -> None:
-    components = make_tiny_family(FAMILY)
+    components = make_tiny_components()
     with pytest.raises(ValueError, match="at least one --lora"):
         _convert(components, Path("/nonexistent"), styles=True, target="macOS15")
 
@@ -183,7 +192,7 @@ def test_nearest_style_cuts_a_crossfade_at_the_midpoint(styled: tuple[ConvertedM
 
 def _register_styles(world: Any, converted: ConvertedModel, loras: Any) -> Any:
     """Each function's torch module: the step with that style's LoRA mix baked in."""
-    components = make_tiny_family(FAMILY)
+    components = make_tiny_components()
     key = converted.key
     for style in plan_styles(loras, True):
         unet = copy.deepcopy(components.unet)
@@ -247,8 +256,10 @@ def test_functions_need_macos_15_on_the_mac(
 # -- ControlNet --------------------------------------------------------------------------------
 
 
-def test_a_controlnet_converts_into_the_fused_step_with_a_live_scale(cache: Path) -> None:
-    components = make_tiny_family(FAMILY)
+def test_a_controlnet_converts_into_the_fused_step_with_a_live_scale(
+    cache: Path, shared_conversions: Any
+) -> None:
+    components = make_tiny_components()
     spec = get_model(FAMILY)
     control = load_controlnet("tiny", spec=spec, unet=components.unet, condition="sketch")
     converted = _convert(components, cache, controlnet=control)
@@ -269,12 +280,12 @@ def test_a_controlnet_converts_into_the_fused_step_with_a_live_scale(cache: Path
     }
     assert "max_pool" in ops  # the sketch's strokes (and canny's hysteresis) are in there
     assert len(_weights_bytes(package)) > len(
-        _weights_bytes(_convert(make_tiny_family(FAMILY), cache).programs["step"].package)
+        _weights_bytes(shared_conversions.get(cache, SMALL).programs["step"].package)
     )  # and the ControlNet's weights
 
 
 def test_the_exported_controlnet_step_equals_eager() -> None:
-    components = make_tiny_family(FAMILY)
+    components = make_tiny_components()
     control = load_controlnet("tiny", spec=get_model(FAMILY), unet=components.unet)
     (program,) = build_programs(
         components.unet,
@@ -294,7 +305,7 @@ def test_the_exported_controlnet_step_equals_eager() -> None:
 
 
 def test_a_controlnet_is_refused_for_the_stages_variant(cache: Path) -> None:
-    components = make_tiny_family(FAMILY)
+    components = make_tiny_components()
     control = load_controlnet("tiny", spec=get_model(FAMILY), unet=components.unet)
     with pytest.raises(ValueError, match="fused program only"):
         _convert(components, cache, controlnet=control, variant="stages")
@@ -305,7 +316,7 @@ def test_compare_bakes_the_same_lora_and_runs_the_same_controlnet(
 ) -> None:
     from livediffusion_models.coreml.compare import compare_converted
 
-    components = make_tiny_family(FAMILY)
+    components = make_tiny_components()
     strong = write_lora(tmp_path, unet=components.unet, alpha=32.0, seed=7)  # scale 8
     loras = _loras(components, LoraRequest(str(strong), 1.0))
     control = load_controlnet("tiny", spec=get_model(FAMILY), unet=components.unet)

@@ -33,7 +33,7 @@ SERVE = {
     "model": "sdxs-512-0.9",
     "autostart": False,
 }
-CHEAP = "--weights tiny --device cpu --size 64 --status-interval 5"
+CHEAP = "--weights tiny --device cpu --size 64 --status-interval 1"
 START_S = 180.0  # a cold start on a loaded 2-core machine
 
 

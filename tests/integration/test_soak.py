@@ -6,8 +6,10 @@ import _thread
 import argparse
 import io
 import json
+import signal
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -83,6 +85,18 @@ def test_a_soak_of_thousands_of_frames_with_feeder_restarts_passes(tmp_path: Pat
     assert _soak_threads() == []
 
 
+@pytest.fixture
+def python_handles_ctrl_c() -> Iterator[None]:
+    """Ctrl-C reaches Python as KeyboardInterrupt, as in a terminal. A process a shell starts
+    in the background without job control (``cmd &`` in a script, nohup) inherits SIGINT
+    ignored, and then ``_thread.interrupt_main()`` does nothing at all: the soak would run
+    until the test's timeout."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+@pytest.mark.usefixtures("python_handles_ctrl_c")
 def test_interrupt_stops_cleanly_and_still_reports() -> None:
     """Ctrl-C mid-run: everything stops and the report still comes, marked interrupted."""
     out = io.StringIO()

@@ -2,6 +2,9 @@
 
 They are data, not modules of this package: each runs inside its host's own Python (OBS's
 script runner, TouchDesigner), which may have none of livediffusion's packages.
+
+May import: the standard library only (this file finds them; the files themselves import what
+their host has). Nothing of ``livediffusion`` (import-linter checks this).
 """
 
 from __future__ import annotations

@@ -8,5 +8,5 @@ wins); ``prompts`` encodes prompts off the frame thread; ``glide`` ramps values;
 
 May import: ``livediffusion.backends``, ``livediffusion.config``, ``livediffusion.control``,
 ``livediffusion_bridge``, ``livediffusion_models``. Never ``livediffusion.tools``,
-``livediffusion.options`` or ``livediffusion.cli``.
+``livediffusion.options`` or ``livediffusion.cli`` (import-linter checks this).
 """
