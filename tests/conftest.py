@@ -122,12 +122,12 @@ def make_tiny_backend(tiny_folder: Path) -> Callable[..., Any]:
 
 
 @pytest.fixture(scope="session")
-def shared_conversions(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> Any:
+def shared_conversions(tmp_path_factory: pytest.TempPathFactory) -> Any:
     """Tiny Core ML conversions made once per run for every xdist worker (tests/conversions.py)."""
     from conversions import SharedConversions
 
     root = tmp_path_factory.getbasetemp()
-    if worker_id != "master":  # each worker has its own basetemp under the run's one
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # each worker's basetemp is under the run's one
         root = root.parent
     return SharedConversions(root / "shared-coreml-conversions")
 
