@@ -58,6 +58,32 @@ def _factors(
     return get_peft_model_state_dict(copied), config
 
 
+def _metadata(config: Any) -> dict[str, Any]:
+    """The LoraConfig as diffusers stores it in the file's header, its sets (PEFT keeps
+    ``target_modules`` as one) sorted: in the order they iterate, which follows the process's
+    string hashing, the same LoRA would be other bytes in each process."""
+    return {k: sorted(v) if isinstance(v, set) else v for k, v in config.to_dict().items()}
+
+
+def _sort_header(path: Path) -> None:
+    """Rewrite the safetensors header with its keys sorted, the tensors' bytes untouched.
+
+    safetensors keeps the metadata in a hash map whose order changes from process to process;
+    with that and ``_metadata``, the same LoRA is the same bytes (the same digest, the same
+    Core ML cache key) in every pytest-xdist worker. Offsets in the header are relative to the
+    data, so only the header changes, padded with spaces to 8 bytes as safetensors pads it.
+    """
+    import json
+    import struct
+
+    raw = path.read_bytes()
+    (length,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8 : 8 + length])
+    text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    path.write_bytes(struct.pack("<Q", len(text)) + text + raw[8 + length :])
+
+
 def write_lora(
     folder: Path,
     *,
@@ -85,10 +111,12 @@ def write_lora(
             str(folder),
             unet_lora_layers=unet_sd,
             text_encoder_lora_layers=text_sd or None,
-            unet_lora_adapter_metadata=unet_cfg.to_dict(),
-            text_encoder_lora_adapter_metadata=text_cfg.to_dict() if text_cfg else None,
+            unet_lora_adapter_metadata=_metadata(unet_cfg),
+            text_encoder_lora_adapter_metadata=_metadata(text_cfg) if text_cfg else None,
         )
-        return folder / "pytorch_lora_weights.safetensors"
+        path = folder / "pytorch_lora_weights.safetensors"
+        _sort_header(path)
+        return path
     import safetensors.torch
 
     kohya: dict[str, torch.Tensor] = {}

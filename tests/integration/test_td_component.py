@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -35,7 +36,11 @@ def _executable() -> str:
 
 
 @pytest.fixture
-def comp() -> Iterator[td.COMP]:
+def comp(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[td.COMP]:
+    # the server's log is <temp>/livediffusion-td-<COMP path>.log, one name for every test
+    # (and every other run on this machine): two servers writing it at once leave NUL bytes
+    # where the status expects serve's last line, so each test gets a temp folder of its own
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     project = td.new_project()
     builder = project.create(td.textDAT, "builder")
     assert isinstance(builder, td.DAT)
