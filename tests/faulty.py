@@ -92,8 +92,10 @@ class Faulty(Backend):
     def stage_timers(self) -> Mapping[str, Callable[[], None]]:
         return {}
 
-    def warmup(self, *, frames: int = 2) -> float:
+    def warmup(self, *, frames: int | None = None) -> float:
         """A slow machine is slow in its warm-up too: it runs the same step."""
+        if frames is None:
+            frames = self.inner.warmup_frames
         time.sleep(self.sleep * frames)
         return float(self.inner.warmup(frames=frames)) + self.sleep * frames
 

@@ -25,11 +25,13 @@ def _soak_threads() -> list[str]:
     return [t.name for t in threading.enumerate() if t.name.startswith("soak-") and t.is_alive()]
 
 
-def test_a_soak_of_thousands_of_frames_with_feeder_restarts_passes(tmp_path: Path) -> None:
+def test_a_soak_of_a_thousand_frames_with_feeder_restarts_passes(tmp_path: Path) -> None:
     out = io.StringIO()
     json_path = tmp_path / "soak.json"
+    # 1200 frames at 60 fps: 20 s, two feeder restarts (the 100k-frame soak is `livediffusion
+    # soak` on the GPU: docs/benchmarks.md); 2000 frames here cost 30 s more of every run
     report = run_soak(
-        frames=2000,
+        frames=1200,
         minutes=None,
         size=64,
         source_fps=60.0,
@@ -43,7 +45,7 @@ def test_a_soak_of_thousands_of_frames_with_feeder_restarts_passes(tmp_path: Pat
     assert "received" in text.split("soak: PASS")[0]  # progress lines came first
 
     # frames made it all the way, and nothing failed
-    assert report.frames_received >= 2000
+    assert report.frames_received >= 1200
     assert report.errors == 0, report.error_messages
     assert report.exceptions == 0 and report.logged_errors == 0
     assert report.engine_errors in (0, None)

@@ -231,10 +231,13 @@ def test_plain_addresses_reach_every_stream(serve: Callable[..., _Served]) -> No
     served.send("/reset")
     deadline = time.monotonic() + 10
     lanes = served.engines[0].lanes
-    while any(lane.controls.snapshot().strength != 0.25 for lane in lanes):
-        assert time.monotonic() < deadline
+    # the two messages are handled in turn: wait for the second before reading either
+    while any(
+        lane.controls.snapshot().strength != 0.25 or lane.controls.resets == 0 for lane in lanes
+    ):
+        assert time.monotonic() < deadline, "/strength and /reset did not reach every stream"
         time.sleep(0.05)
-    assert all(lane.controls.resets == 1 for lane in lanes)
+    assert [lane.controls.resets for lane in lanes] == [1] * len(lanes)
     # saving a preset needs the stream's name: two streams, two looks
     rejected = served.ask("/status")[6]
     served.send("/preset/save", 1)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import pytest
@@ -120,3 +121,25 @@ def test_one_frame_through_the_torch_backend_in_well_under_a_second(tiny: Loaded
     assert sorted(times)[2] < 0.25, times
     assert out.shape == (64, 64, 4)
     assert out[..., :3].std() > 0  # a picture, not a constant
+
+
+def test_a_cpu_warms_up_with_one_frame_unless_told_more(tiny: LoadedModel) -> None:
+    """Eager on a CPU picks no kernels and captures no graph: one grey frame is the warm-up
+    (a second cost as much as any frame after it), while ``frames=`` still wins."""
+    backend = TorchBackend.from_components(tiny, TorchOptions(size=(64, 64), device="cpu"))
+    steps = []
+    real_step = backend.step
+
+    def counted(pixels: Any, params: FrameParams, *, out: Any) -> None:
+        steps.append(pixels.shape)
+        real_step(pixels, params, out=out)
+
+    try:
+        backend.set_prompt(backend.encode_prompt("a test pattern"))
+        backend.step = counted  # type: ignore[method-assign]
+        backend.warmup()
+        assert steps == [(64, 64, 4)]
+        backend.warmup(frames=3)
+        assert len(steps) == 4
+    finally:
+        backend.close()

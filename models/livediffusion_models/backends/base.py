@@ -225,13 +225,18 @@ class Backend(abc.ABC):
         buffers and waits for the hardware, so wall time around it is the stage's time.
         """
 
-    def warmup(self, *, frames: int = 2) -> float:
+    warmup_frames: int = 2
+    """Grey frames :meth:`warmup` runs unless told otherwise."""
+
+    def warmup(self, *, frames: int | None = None) -> float:
         """Run a few grey frames at the model size; returns the seconds it took.
 
         The first frames through a model pick kernels and fill allocator caches, and are
         several times slower than the rest: better before the show than on its first frames.
         Needs a prompt set; leaves the temporal state reset.
         """
+        if frames is None:
+            frames = self.warmup_frames
         height, width = self.model_size
         pixels = np.full((height, width, 4), 128, dtype=np.uint8)
         out = np.empty_like(pixels)

@@ -162,6 +162,11 @@ class TorchBackend(StepInputsBackend):
         options: TorchOptions,
     ) -> None:
         self.device = torch.device(options.device)
+        if self.device.type == "cpu":
+            # eager on a CPU has no kernels to pick and no graph to capture: the second grey
+            # frame took as long as any later one (full model at 256x256 on 2 cores: 1.85 s,
+            # then 1.52, 1.60, 1.53), so one is the whole warm-up
+            self.warmup_frames = 1
         self.dtype = dtype = options.dtype
         self.fit = options.fit
         height, width = options.size
