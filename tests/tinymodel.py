@@ -133,7 +133,6 @@ def make_tiny_family(model: str, seed: int = 0) -> TinyComponents:
     from diffusers import UNet2DConditionModel
 
     from livediffusion_models.registry import get_model
-    from livediffusion_models.tokenizer import build_offline_tokenizer
 
     spec = get_model(model)
     config = spec.read_config("unet")
@@ -150,14 +149,8 @@ def make_tiny_family(model: str, seed: int = 0) -> TinyComponents:
     )
     base = make_tiny_modules(seed)
     torch.manual_seed(seed)
-    unet = UNet2DConditionModel.from_config(config).eval()
-    return TinyComponents(
-        unet=unet,
-        vae=base.vae,
-        text_encoder=base.text_encoder,
-        tokenizer=build_offline_tokenizer(pad_token=spec.pad_token),
-        scheduler_config=spec.read_config("scheduler"),
-    )
+    base.unet = UNet2DConditionModel.from_config(config).eval()
+    return _components(model, base)
 
 
 def make_tiny_components(seed: int = 0) -> TinyComponents:
@@ -168,11 +161,15 @@ def make_tiny_components(seed: int = 0) -> TinyComponents:
     step, precision, what conversion asks of a Mac): its UNet is half the ops of a tiny
     family's, and a Core ML conversion of it takes well under half as long.
     """
+    return _components("sdxs-512-0.9", make_tiny_modules(seed))
+
+
+def _components(model: str, modules: TinyModules) -> TinyComponents:
+    """``modules`` with ``model``'s offline tokenizer and scheduler, as a loaded model has them."""
     from livediffusion_models.registry import get_model
     from livediffusion_models.tokenizer import build_offline_tokenizer
 
-    spec = get_model("sdxs-512-0.9")
-    modules = make_tiny_modules(seed)
+    spec = get_model(model)
     return TinyComponents(
         unet=modules.unet,
         vae=modules.vae,

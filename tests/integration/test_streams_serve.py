@@ -96,6 +96,14 @@ class _Served:
         return channel.wait_published(count + after, timeout=30)[-1].pixels.astype(int)
 
 
+def _until(condition: Callable[[], bool], seconds: float, what: str) -> None:
+    """Wait for ``condition``, polling; fail with ``what`` after ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.05)
+
+
 @pytest.fixture
 def serve(make_tiny_backend: Callable[..., Any]) -> Iterator[Callable[..., _Served]]:
     memory.reset()
@@ -135,10 +143,7 @@ def serve(make_tiny_backend: Callable[..., Any]) -> Iterator[Callable[..., _Serv
         served = _Served(port, stop, backend, engines, sock, feeder)
         running.append((served, thread, codes))
         for sink in ("a-out", "b-out"):  # warm, and both streams processed
-            deadline = time.monotonic() + 60
-            while not (engines and engines[0].warm):
-                assert time.monotonic() < deadline, "the model never warmed up"
-                time.sleep(0.05)
+            _until(lambda: bool(engines and engines[0].warm), 60, "the model never warmed up")
             served.latest(sink)
         return served
 
@@ -215,10 +220,7 @@ def test_a_failed_batch_counts_against_every_stream_in_it_and_frames_go_on(
     served = serve()
     lanes = served.engines[0].lanes
     served.backend.fail = 2  # out of memory for the whole batch, twice
-    deadline = time.monotonic() + 30
-    while served.backend.fail:
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    _until(lambda: not served.backend.fail, 30, "the failing batches never ran")
     served.latest("a-out", 3)
     served.latest("b-out", 3)
     assert lanes[0].stats.errors >= 1 and lanes[1].stats.errors >= 1
@@ -229,22 +231,24 @@ def test_plain_addresses_reach_every_stream(serve: Callable[..., _Served]) -> No
     served = serve()
     served.send("/strength", 0.25)
     served.send("/reset")
-    deadline = time.monotonic() + 10
     lanes = served.engines[0].lanes
     # the two messages are handled in turn: wait for the second before reading either
-    while any(
-        lane.controls.snapshot().strength != 0.25 or lane.controls.resets == 0 for lane in lanes
-    ):
-        assert time.monotonic() < deadline, "/strength and /reset did not reach every stream"
-        time.sleep(0.05)
+    _until(
+        lambda: all(
+            lane.controls.snapshot().strength == 0.25 and lane.controls.resets for lane in lanes
+        ),
+        10,
+        "/strength and /reset did not reach every stream",
+    )
     assert [lane.controls.resets for lane in lanes] == [1] * len(lanes)
     # saving a preset needs the stream's name: two streams, two looks
     rejected = served.ask("/status")[6]
     served.send("/preset/save", 1)
-    deadline = time.monotonic() + 10
-    while served.ask("/status")[6] == rejected:
-        assert time.monotonic() < deadline, "/preset/save without a stream was not refused"
-        time.sleep(0.05)
+    _until(
+        lambda: served.ask("/status")[6] != rejected,
+        10,
+        "/preset/save without a stream was not refused",
+    )
 
 
 def test_status_answers_per_stream_and_for_all(serve: Callable[..., _Served]) -> None:
@@ -268,22 +272,15 @@ def test_a_stream_whose_source_stops_leaves_the_other_publishing(
     feeder = served.feeder
     feeder.paused.add("b")
     cam, clip = served.engines[0].lanes
-    deadline = time.monotonic() + 10
-    while not clip.source_lost():
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    _until(clip.source_lost, 10, "clip's source was never counted lost")
     steps, fallback, cam_steps = clip.stats.steps, clip.stats.fallback, cam.stats.steps
     # cam goes on through the model (counted, not read from its sink: a frame stepped just
     # before the counts above can be published just after them)
-    deadline = time.monotonic() + 30
-    while cam.stats.steps < cam_steps + 8:
-        assert time.monotonic() < deadline, f"cam stepped {cam.stats.steps - cam_steps} of 8"
-        time.sleep(0.05)
+    _until(lambda: cam.stats.steps >= cam_steps + 8, 30, "cam did not step 8 more frames")
     served.latest("a-out", 8)  # and publishes
     assert clip.stats.steps == steps  # clip's frames no longer go through the model
-    while clip.stats.fallback < fallback + 3:  # its receivers keep its last picture, re-sent
-        assert time.monotonic() < deadline, "clip's last picture was not re-sent"
-        time.sleep(0.05)
+    # its receivers keep its last picture, re-sent
+    _until(lambda: clip.stats.fallback >= fallback + 3, 30, "clip's last picture was not re-sent")
     served.latest("b-out", 3)
     feeder.paused.discard("b")
     served.latest("b-out", 3)  # back, without a restart
@@ -295,10 +292,7 @@ def test_nan_frames_on_one_stream_leave_the_other_publishing(
     served = serve()
     lanes = served.engines[0].lanes
     served.backend.fail_streams[1] = 3
-    deadline = time.monotonic() + 30
-    while lanes[1].stats.errors < 3:
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    _until(lambda: lanes[1].stats.errors >= 3, 30, "clip's NaN frames were not counted")
     assert lanes[0].stats.errors == 0
     served.latest("a-out", 3)
     served.latest("b-out", 3)  # clip recovered: its frames go through the model again

@@ -225,8 +225,10 @@ class Backend(abc.ABC):
         buffers and waits for the hardware, so wall time around it is the stage's time.
         """
 
-    warmup_frames: int = 2
-    """Grey frames :meth:`warmup` runs unless told otherwise."""
+    @property
+    def warmup_frames(self) -> int:
+        """Grey frames :meth:`warmup` runs unless told otherwise."""
+        return 2
 
     def warmup(self, *, frames: int | None = None) -> float:
         """Run a few grey frames at the model size; returns the seconds it took.

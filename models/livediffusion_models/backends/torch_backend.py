@@ -162,11 +162,6 @@ class TorchBackend(StepInputsBackend):
         options: TorchOptions,
     ) -> None:
         self.device = torch.device(options.device)
-        if self.device.type == "cpu":
-            # eager on a CPU has no kernels to pick and no graph to capture: the second grey
-            # frame took as long as any later one (full model at 256x256 on 2 cores: 1.85 s,
-            # then 1.52, 1.60, 1.53), so one is the whole warm-up
-            self.warmup_frames = 1
         self.dtype = dtype = options.dtype
         self.fit = options.fit
         height, width = options.size
@@ -246,6 +241,13 @@ class TorchBackend(StepInputsBackend):
     @property
     def model_size(self) -> tuple[int, int]:
         return self._size
+
+    @property
+    def warmup_frames(self) -> int:
+        # eager on a CPU has no kernels to pick and no graph to capture: the second grey frame
+        # took as long as any later one (full model at 256x256 on 2 cores: 1.85 s, then 1.52,
+        # 1.60, 1.53), so one is the whole warm-up
+        return 1 if self.device.type == "cpu" else 2
 
     def _describe(self) -> str:
         dtype = str(self.dtype).removeprefix("torch.")
