@@ -165,7 +165,11 @@ def load_controlnet(
     scale = known.default_scale if known else 1.0
     if source in (RANDOM, TINY):
         controlnet = controlnet_from_unet(unet, seed=seed)
-        config = json.dumps(dict(controlnet.config), sort_keys=True, default=str)
+        # without diffusers' "_use_default_values": a list it makes from a set, in an order
+        # that changes from process to process, so the same ControlNet had another
+        # fingerprint (and missed its Core ML conversion in the cache) in each run
+        shape = {k: v for k, v in controlnet.config.items() if k != "_use_default_values"}
+        config = json.dumps(shape, sort_keys=True, default=str)
         fingerprint = hashlib.sha256(f"{source}:{seed}:{config}".encode()).hexdigest()[:16]
         name = f"{source} ControlNet"
     else:

@@ -312,3 +312,39 @@ def test_a_hub_controlnet_loads_from_the_cache_offline_and_says_how_to_fetch_it(
         "sd21-canny", spec=spec, unet=tiny.unet, cache_dir=tmp_path, progress=False
     )
     assert loaded.condition == "canny" and loaded.default_scale == 0.5
+
+
+_FINGERPRINT = """
+import sys
+sys.path[:0] = sys.argv[1:]
+from livediffusion_models.controlnet import load_controlnet
+from livediffusion_models.registry import get_model
+from tinymodel import make_tiny_modules
+unet = make_tiny_modules().unet
+print(load_controlnet("tiny", spec=get_model("sdxs-512-0.9"), unet=unet).fingerprint)
+"""
+
+
+@pytest.mark.integration
+def test_a_random_controlnet_has_one_fingerprint_in_every_process() -> None:
+    """Its fingerprint is in the Core ML cache key: when it changed from process to process
+    (diffusers keeps a list made from a set in the config), ``convert --controlnet tiny`` was
+    never found again by the next ``serve``, which converted once more."""
+    import os
+    import subprocess
+    import sys
+
+    here = Path(__file__).resolve().parents[1]
+    paths = [str(here), *(str(here.parent / p) for p in ("models", "bridge", "plugin"))]
+    prints = {
+        subprocess.run(
+            [sys.executable, "-c", _FINGERPRINT, *paths],
+            env={**os.environ, "PYTHONHASHSEED": seed},
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=120,
+        ).stdout.strip()
+        for seed in ("1", "2")  # string hashing, which orders sets, seeded two ways
+    }
+    assert len(prints) == 1 and len(next(iter(prints))) == 16, prints
