@@ -150,7 +150,12 @@ def export_program(program: ProgramSpec) -> Any:
     return exported.run_decompositions({})
 
 
-def _convert_one(program: ProgramSpec, *, precision: Precision, target: Target) -> Any:
+def _convert_one(
+    program: ProgramSpec, exported: Any, *, precision: Precision, target: Target
+) -> Any:
+    """``exported`` (``export_program(program)``) as one ML program. Its weights are the
+    modules' own tensors, read when this converts: a style baked into them in place since the
+    export is what this converts."""
     import coremltools as ct
     import numpy as np
 
@@ -160,7 +165,7 @@ def _convert_one(program: ProgramSpec, *, precision: Precision, target: Target) 
         # the exported program: nothing a user can act on
         warnings.simplefilter("ignore", FutureWarning)
         return ct.convert(
-            export_program(program),
+            exported,
             inputs=[
                 ct.TensorType(name=t.name, shape=t.shape, dtype=np.float32) for t in program.inputs
             ],
@@ -291,15 +296,20 @@ def convert(
                 started = time.monotonic()
                 package = folder / f"{program.name}.mlpackage"
                 parts = []
+                exported = None
                 for style in plan:
-                    bake(style)
+                    bake(style)  # in place: the exported program below holds these tensors
                     what = f"{program.name} ({style.name})" if style.name else program.name
                     progress(
                         f"[{number}/{len(programs)}] converting {what} "
                         f"({key.precision}, {key.target}{', states' if program.states else ''}"
                         "): torch.export, then coremltools; minutes for a full-size UNet"
                     )
-                    mlmodel = _convert_one(program, precision=key.precision, target=key.target)
+                    if exported is None:  # one torch.export per program, for every style
+                        exported = export_program(program)
+                    mlmodel = _convert_one(
+                        program, exported, precision=key.precision, target=key.target
+                    )
                     part = package if not style.name else folder / f".{style.name}.mlpackage"
                     mlmodel.save(str(part))
                     parts.append((style.name, part))
