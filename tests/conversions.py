@@ -61,10 +61,11 @@ class SharedConversions:
         """The product's ``convert(components(), **options)`` (an explicit ``target``), made
         once per run, as a private copy in ``cache_dir``; ``components`` is called only when
         this run has not converted it yet."""
+        from livediffusion_models.coreml import convert as module
         from livediffusion_models.coreml.cache import find_converted
-        from livediffusion_models.coreml.convert import conversion_key, convert
 
-        key = conversion_key(**options)
+        convert = getattr(module.convert, "__wrapped__", module.convert)  # the real one
+        key = module.conversion_key(**options)
         with FileLock(str(self.shared / f"{key.digest()}.lock")):
             made = find_converted(key, self.shared)
             if made is None:
@@ -82,6 +83,41 @@ class SharedConversions:
         copied = find_converted(key, cache_dir)
         assert copied is not None, f"the copy of {made.folder} in {cache_dir} does not read back"
         return copied
+
+    def route(self, monkeypatch: Any) -> None:
+        """Make the product's ``convert``, wherever this test calls it from (``livediffusion
+        convert``, doctor's convert row), once per run as ``convert`` above: for tests whose
+        subject is what comes before and after a conversion. Nothing is cached in the caller's
+        fresh ``cache_dir``, so ``--target auto`` converts for the newest target this machine
+        runs (:func:`runnable_targets`), as ``convert`` does; ``compile`` compiles the copy."""
+        from livediffusion_models.coreml import convert as module
+        from livediffusion_models.coreml import runnable_targets
+
+        def convert(
+            components: Any,
+            *,
+            cache_dir: Any = None,
+            target: Target | None = None,
+            compile: bool = True,
+            force: bool = False,
+            progress: Any = None,
+            **options: Any,
+        ) -> ConvertedModel:
+            assert cache_dir is not None and not force, "a routed conversion needs a fresh cache"
+            made = self.convert(
+                lambda: components,
+                cache_dir=Path(cache_dir),
+                target=target or runnable_targets()[0],
+                **options,
+            )
+            if not compile:
+                return made
+            return module.compile_programs(
+                made, **({} if progress is None else {"progress": progress})
+            )
+
+        convert.__wrapped__ = module.convert  # type: ignore[attr-defined]
+        monkeypatch.setattr(module, "convert", convert)
 
     def get(
         self,

@@ -23,10 +23,11 @@ import torch
 from conversions import SMALL, fingerprint
 from livediffusion_models.backends import FrameParams
 from livediffusion_models.backends.coreml_backend import CoreMLBackend, CoreMLOptions
-from livediffusion_models.controlnet import load_controlnet
+from livediffusion_models.condition import condition_for
+from livediffusion_models.controlnet import LoadedControlNet, load_controlnet
 from livediffusion_models.coreml import CoreMLSettings
 from livediffusion_models.coreml.cache import ConvertedModel
-from livediffusion_models.coreml.convert import convert, export_program
+from livediffusion_models.coreml.convert import conversion_key, convert, export_program
 from livediffusion_models.coreml.programs import build_programs
 from livediffusion_models.coreml.runtime import load_programs
 from livediffusion_models.coreml.styles import baked_unet, nearest_style, plan_styles
@@ -115,20 +116,34 @@ def test_a_baked_lora_is_part_of_the_key_and_of_the_weights_only(
     components = make_tiny_components()
     before = _state(components.unet)
     plain = shared_conversions.get(cache, SMALL)  # the same model without a LoRA
-    at_zero = _convert(components, cache, loras=_loras(components, LoraRequest(str(ink), 0.0)))
     at_one = _convert(components, cache, loras=_loras(components, LoraRequest(str(ink), 1.0)))
-    assert len({plain.folder, at_zero.folder, at_one.folder}) == 3  # three keys
-    assert at_one.key.loras == ((at_one.key.loras[0][0], 1.0),)
-    assert at_one.folder.name.startswith("64x64-fp16-macOS14-fused-lora1-")
-    for converted in (at_zero, at_one):  # the interface of the plain step
-        assert _interfaces(converted.programs["step"].package) == {
-            "": (list(step_inputs()), list(STEP_OUTPUTS))
-        }
-    plain_w, zero_w, one_w = (
-        _weights_bytes(c.programs["step"].package) for c in (plain, at_zero, at_one)
+    # weight 0 is a key of its own, and bakes exactly the base weights, so converting it would
+    # write the plain program's weights (conversion of the same modules is byte-identical,
+    # which tests/conversions.py counts on); checked on the modules, not by a third conversion
+    at_zero = _loras(components, LoraRequest(str(ink), 0.0))
+    zero_key = conversion_key(
+        model=FAMILY,
+        fingerprint=fingerprint(SMALL),
+        size=SIZE,
+        precision="fp16",
+        target="macOS14",
+        variant="fused",
+        loras=at_zero,
     )
-    assert zero_w == plain_w  # weight 0 bakes exactly the base weights
-    assert one_w != plain_w
+    assert len({plain.folder, zero_key.folder(cache), at_one.folder}) == 3  # three keys
+    assert at_one.key.loras == ((at_one.key.loras[0][0], 1.0),)
+    assert zero_key.loras == ((at_one.key.loras[0][0], 0.0),)
+    assert at_one.folder.name.startswith("64x64-fp16-macOS14-fused-lora1-")
+    with baked_unet(components.unet, at_zero) as bake:
+        bake(plan_styles(at_zero, False)[0])
+        baked = _state(components.unet)
+    assert all(torch.equal(baked[k], before[k]) for k in before)
+    # the interface of the plain step
+    assert _interfaces(at_one.programs["step"].package) == {
+        "": (list(step_inputs()), list(STEP_OUTPUTS))
+    }
+    plain_w, one_w = (_weights_bytes(c.programs["step"].package) for c in (plain, at_one))
+    assert len(one_w) == len(plain_w) and one_w != plain_w  # the same constants, other values
     # the caller's modules are as they were: the LoRA was only on them while converting
     after = _state(components.unet)
     assert all(torch.equal(after[k], before[k]) for k in before)
@@ -165,12 +180,10 @@ def test_styles_are_one_package_with_a_function_each_sharing_base_weights(
     spec = ct.utils.load_spec(str(program.package))
     assert spec.description.defaultFunctionName == "base"
     assert spec.specificationVersion >= 9  # multifunction programs are macOS 15
-    # constants no LoRA touches are stored once: far less than three whole programs
-    single = _weights_bytes(
-        shared_conversions.get(cache, SMALL, target="macOS15", stateful=False)
-        .programs["step"]
-        .package
-    )
+    # constants no LoRA touches are stored once: far less than three whole programs. The
+    # single program is the macOS14 one the other tests share: a macOS15 conversion of the same
+    # modules stores the same constants (1,127,792 bytes each), and would cost a conversion
+    single = _weights_bytes(shared_conversions.get(cache, SMALL).programs["step"].package)
     together = len(_weights_bytes(program.package))
     assert len(single) < together < 1.2 * len(single)
 
@@ -256,13 +269,31 @@ def test_functions_need_macos_15_on_the_mac(
 # -- ControlNet --------------------------------------------------------------------------------
 
 
-def test_a_controlnet_converts_into_the_fused_step_with_a_live_scale(
-    cache: Path, shared_conversions: Any
-) -> None:
+@pytest.fixture(scope="module")
+def controlled(
+    tmp_path_factory: pytest.TempPathFactory, cache: Path, shared_conversions: Any
+) -> tuple[Any, tuple[WeightedLora, ...], LoadedControlNet, ConvertedModel]:
+    """A strong LoRA baked and a sketch ControlNet in one fused step, converted once per run
+    (tests/conversions.py): the ControlNet's interface and the comparison read the same one."""
     components = make_tiny_components()
-    spec = get_model(FAMILY)
-    control = load_controlnet("tiny", spec=spec, unet=components.unet, condition="sketch")
-    converted = _convert(components, cache, controlnet=control)
+    folder = tmp_path_factory.mktemp("strong-lora")
+    strong = write_lora(folder, unet=components.unet, alpha=32.0, seed=7)  # scale 8
+    loras = _loras(components, LoraRequest(str(strong), 1.0))
+    control = load_controlnet(
+        "tiny", spec=get_model(FAMILY), unet=components.unet, condition="sketch"
+    )
+    converted = shared_conversions.get(
+        cache, SMALL, components=components, loras=loras, controlnet=control
+    )
+    return components, loras, control, converted
+
+
+def test_a_controlnet_converts_into_the_fused_step_with_a_live_scale(
+    controlled: tuple[Any, tuple[WeightedLora, ...], LoadedControlNet, ConvertedModel],
+    cache: Path,
+    shared_conversions: Any,
+) -> None:
+    _, _, control, converted = controlled
     assert converted.key.controlnet == f"{control.fingerprint}:sketch"
     assert "-controlnet-" in converted.folder.name
     package = converted.programs["step"].package
@@ -312,21 +343,17 @@ def test_a_controlnet_is_refused_for_the_stages_variant(cache: Path) -> None:
 
 
 def test_compare_bakes_the_same_lora_and_runs_the_same_controlnet(
-    cache: Path, coreml_mac: Any, tmp_path: Path
+    controlled: tuple[Any, tuple[WeightedLora, ...], LoadedControlNet, ConvertedModel],
+    coreml_mac: Any,
 ) -> None:
     from livediffusion_models.coreml.compare import compare_converted
 
-    components = make_tiny_components()
-    strong = write_lora(tmp_path, unet=components.unet, alpha=32.0, seed=7)  # scale 8
-    loras = _loras(components, LoraRequest(str(strong), 1.0))
-    control = load_controlnet("tiny", spec=get_model(FAMILY), unet=components.unet)
-    converted = _convert(components, cache, loras=loras, controlnet=control)
+    components, loras, control, converted = controlled
     # what the stubbed Core ML computes with: the step with the LoRA baked and the ControlNet
     baked = copy.deepcopy(components.unet)
     with baked_unet(baked, loras) as bake:
         bake(plan_styles(loras, False)[0])
         frozen = copy.deepcopy(baked)
-    condition = FrameStep(frozen, components.vae, control.controlnet).condition
     (spec,) = build_programs(
         frozen,
         components.vae,
@@ -334,7 +361,7 @@ def test_compare_bakes_the_same_lora_and_runs_the_same_controlnet(
         tokens=77,
         variant="fused",
         controlnet=control.controlnet,
-        condition=condition,
+        condition=condition_for(control.condition, SIZE),
     )
     coreml_mac.register(converted.programs["step"].package, spec.module.eval())
     programs = load_programs(converted, settings=CoreMLSettings(target="macOS14"))

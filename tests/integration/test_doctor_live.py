@@ -152,7 +152,10 @@ def _coreml_report(world: Any, config: ServeConfig) -> tuple[int, str]:
     return code, stream.getvalue()
 
 
-def test_doctor_goes_the_whole_core_ml_path_on_a_mac_one_row_per_step(coreml_mac: Any) -> None:
+def test_doctor_goes_the_whole_core_ml_path_on_a_mac_one_row_per_step(
+    coreml_mac: Any, shared_conversions: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    shared_conversions.route(monkeypatch)  # its conversion is made once for both tests here
     config = ServeConfig(
         weights="tiny", size=(64, 64), coreml=CoreMLSettings(specialization="fast-prediction")
     )
@@ -177,11 +180,13 @@ def test_doctor_goes_the_whole_core_ml_path_on_a_mac_one_row_per_step(coreml_mac
 
 
 def test_a_broken_step_is_the_failed_row_and_the_rest_say_so(
-    coreml_mac: Any, monkeypatch: pytest.MonkeyPatch
+    coreml_mac: Any, shared_conversions: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """What a pasted report shows when compiling breaks (here: the temporary name coremltools
     refuses, the bug issue 14 found): the compile row fails with coremltools' own sentence."""
     from livediffusion_models.coreml import convert as convert_module
+
+    shared_conversions.route(monkeypatch)
 
     monkeypatch.setattr(
         convert_module,
