@@ -29,7 +29,7 @@ SLOW_TESTS = {
     "test_doctor_goes_the_whole_core_ml_path_on_a_mac_one_row_per_step": 19,
     "test_a_stop_is_clean_and_quick": 18,
     "test_a_baked_lora_is_part_of_the_key_and_of_the_weights_only": 18,
-    "test_macos15_fused_keeps_the_temporal_state_as_core_ml_states": 18,
+    "test_macos15_fused_keeps_the_temporal_state_as_core_ml_states": 10,
     "test_a_killed_server_comes_back_and_unload_leaves_none": 16,
     "test_a_controlnet_converts_into_the_fused_step_with_a_live_scale": 15,
     "test_a_stop_under_load_with_a_receiver_after_a_flood_is_quick": 13,

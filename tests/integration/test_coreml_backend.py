@@ -32,7 +32,7 @@ from livediffusion_models.coreml.cache import ConvertedModel
 from livediffusion_models.coreml.compare import compare_converted
 from livediffusion_models.coreml.programs import build_programs
 from livediffusion_models.coreml.runtime import load_programs
-from tinymodel import TINY_SIZE, make_tiny_family
+from tinymodel import TINY_SIZE, make_tiny_components, make_tiny_family
 
 pytest.importorskip("coremltools", reason="Core ML conversion needs coremltools")
 
@@ -55,7 +55,7 @@ def make_backend(
     """A CoreMLBackend over programs compiled and loaded by coremltools on the stubbed Mac."""
 
     def make(variant: Variant, target: Target, **options: Any) -> tuple[CoreMLBackend, Any]:
-        components = make_tiny_family("sdxs-512-0.9")
+        components = make_tiny_components()  # what converted_for converted
         converted = converted_for(variant, target)
         coreml_mac.register_converted(converted, components)
         settings = CoreMLSettings(variant=variant, target=target)

@@ -6,9 +6,10 @@ eager ``FrameStep``, the saved ML programs declare the expected interface, and, 
 stubbed below coremltools' Python (tests/coremlpython_stub.py), what conversion asks of Core
 ML and which cached target ``--target auto`` picks.
 
-Each family's tiny model is converted once per run (tests/conversions.py) and shared with the
-Core ML backend's tests; tests about precision, export and what conversion asks of a Mac use
-the smallest model of the same classes (``make_tiny_components``), which converts faster.
+Each family's tiny model is converted once per run (tests/conversions.py); tests about the
+stage split, states, precision, export, the cache and what conversion asks of a Mac use the
+smallest model of the same classes (``make_tiny_components``), which converts faster, and
+share its conversions with the Core ML backend's tests.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from livediffusion_models.coreml.cache import ConvertedModel
 from livediffusion_models.coreml.convert import convert, export_program
 from livediffusion_models.coreml.programs import STATE_NAMES, build_programs
 from livediffusion_models.step import NUM_CONTROLS, STEP_OUTPUTS, FrameStep, step_inputs
-from tinymodel import TINY_EMBED_DIM, TINY_SIZE, make_tiny_components, make_tiny_family
+from tinymodel import TINY_EMBED_DIM, TINY_SIZE, make_tiny_components
 
 ct = pytest.importorskip("coremltools", reason="Core ML conversion needs coremltools")
 
@@ -93,10 +94,11 @@ def _ops(spec: Any) -> set[str]:
 
 
 # Every family as the fused program (its UNet's block types, mid block and attention layout
-# are what the converter meets), and the stage split once: the three stage programs hold the
-# same modules, and their interface does not depend on the family. (The other two families'
-# stage conversions took 50 s of every run and could fail only where a fused one does.)
-FAMILY_VARIANTS = [*((family, "fused") for family in FAMILIES), ("sdxs-512-0.9", "stages")]
+# are what the converter meets), and the stage split once, of the smallest model (the one the
+# Core ML backend's tests run): the three stage programs hold the same modules, and their
+# interface does not depend on the family. (The families' stage conversions took 50 s of
+# every run and could fail only where a fused one does.)
+FAMILY_VARIANTS = [*((family, "fused") for family in FAMILIES), (SMALL, "stages")]
 assert {variant for _, variant in FAMILY_VARIANTS} == set(VARIANTS)
 
 
@@ -147,7 +149,7 @@ def test_each_family_converts_with_the_declared_interface(
 def test_macos15_fused_keeps_the_temporal_state_as_core_ml_states(
     converted: Callable[..., ConvertedModel],
 ) -> None:
-    result = converted("sdxs-512-0.9", "fused", target="macOS15")
+    result = converted(SMALL, "fused", target="macOS15")
     assert result.key.stateful
     inputs, outputs, states, spec = _interface(result.programs["step"].package)
     assert list(inputs) == [name for name in step_inputs() if name not in STATE_NAMES]
@@ -167,12 +169,12 @@ def test_fp32_precision_keeps_float32_outputs(converted: Callable[..., Converted
 def test_a_second_convert_reuses_the_cache(
     converted: Callable[..., ConvertedModel], tmp_path: Path
 ) -> None:
-    first = converted("sdxs-512-0.9", "fused")
+    first = converted(SMALL, "fused")
     started = time.monotonic()
     again = convert(
-        make_tiny_family("sdxs-512-0.9"),
+        make_tiny_components(),
         model="sdxs-512-0.9",
-        fingerprint=fingerprint("sdxs-512-0.9"),
+        fingerprint=fingerprint(SMALL),
         size=SIZE,
         cache_dir=first.folder.parents[2],
         progress=lambda message: None,
@@ -212,8 +214,8 @@ def test_auto_finds_a_conversion_for_any_target_this_mac_runs(
     from coremlpython_stub import as_linux, install
     from livediffusion_models.coreml import runnable_targets
 
-    on_linux = converted("sdxs-512-0.9", "fused")  # target macOS14, as auto off macOS
-    also_15 = converted("sdxs-512-0.9", "fused", target="macOS15")
+    on_linux = converted(SMALL, "fused")  # target macOS14, as auto off macOS
+    also_15 = converted(SMALL, "fused", target="macOS15")
     with pytest.MonkeyPatch.context() as linux:
         as_linux(linux)  # a no-op here; the same claim on the macOS CI job
         assert runnable_targets() == ("macOS14",)
@@ -226,9 +228,9 @@ def test_auto_finds_a_conversion_for_any_target_this_mac_runs(
         with pytest.MonkeyPatch.context() as mac:
             install(mac, tmp_path, macos=macos)
             again = convert(
-                make_tiny_family("sdxs-512-0.9"),
+                make_tiny_components(),
                 model="sdxs-512-0.9",
-                fingerprint=fingerprint("sdxs-512-0.9"),
+                fingerprint=fingerprint(SMALL),
                 size=SIZE,
                 cache_dir=on_linux.folder.parents[2],
                 progress=lambda message: None,

@@ -22,7 +22,7 @@ from livediffusion_models.backends.coreml_backend import CoreMLBackend, CoreMLOp
 from livediffusion_models.coreml import CoreMLSettings
 from livediffusion_models.coreml.runtime import load_programs
 from livediffusion_models.errors import NonFiniteFrameError
-from tinymodel import TINY_SIZE, make_tiny_family
+from tinymodel import TINY_SIZE, make_tiny_components
 
 pytest.importorskip("coremltools", reason="Core ML conversion needs coremltools")
 
@@ -65,7 +65,7 @@ def backends(converted_for: Callable[..., Any], coreml_mac: Any) -> Callable[[st
     model and one set of programs loaded through coremltools (as one ``serve`` would hold)."""
 
     def for_setting(variant: str, target: str) -> Maker:
-        components = make_tiny_family("sdxs-512-0.9")
+        components = make_tiny_components()  # what converted_for converted
         converted = converted_for(variant, target)
         coreml_mac.register_converted(converted, components)
         settings = CoreMLSettings(variant=variant, target=target)  # type: ignore[arg-type]
