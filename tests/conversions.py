@@ -112,9 +112,9 @@ class SharedConversions:
             )
             if not compile:
                 return made
-            return module.compile_programs(
-                made, **({} if progress is None else {"progress": progress})
-            )
+            if progress is None:
+                return module.compile_programs(made)
+            return module.compile_programs(made, progress=progress)
 
         convert.__wrapped__ = module.convert  # type: ignore[attr-defined]
         monkeypatch.setattr(module, "convert", convert)
